@@ -1,0 +1,281 @@
+"""The encrypted object format, version 1 (docs/format.md): constants, size arithmetic, sealing.
+
+Layout of a stored body::
+
+    body    = part+                      a PutObject is exactly one part, numbered 0
+    part    = header segment+
+    header  = b"CTS1" | part_number u32 BE | plaintext_length u64 BE      (16 bytes)
+    segment = nonce (12 random bytes) | AES-256-GCM ciphertext | tag (16 bytes)
+
+Segment i of a part carries the associated data
+``header | object salt | i (u32 BE) | object key (UTF-8)``, so segments cannot be reordered,
+dropped, moved between parts or objects, or the object copied to another key unnoticed.
+
+Everything here is pure: no I/O, no logging. The streaming classes take and give bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+ALG = "AES-256-GCM-SEG64K-1"
+MAGIC = b"CTS1"
+HEADER = struct.Struct(">4sIQ")
+HEADER_LEN = HEADER.size  # 16
+SEGMENT_PLAIN = 65536
+NONCE_LEN = 12
+TAG_LEN = 16
+SEGMENT_OVERHEAD = NONCE_LEN + TAG_LEN  # 28
+SEGMENT_STORED = SEGMENT_PLAIN + SEGMENT_OVERHEAD  # 65564
+DEK_LEN = 32
+SALT_LEN = 12
+MAX_PART_NUMBER = 0xFFFFFFFF
+
+META_PREFIX = "x-amz-meta-cloudtaser-"
+META_DEK = META_PREFIX + "dek"
+META_KEY_VERSION = META_PREFIX + "key-version"
+META_NONCE = META_PREFIX + "nonce"
+META_KEY = META_PREFIX + "key"
+META_ALG = META_PREFIX + "alg"
+
+
+class FormatError(Exception):
+    """Stored bytes are not a well-formed, authentic object of this format."""
+
+
+def segment_count(plaintext_length: int) -> int:
+    """Segments in a part: ceil(P / 64 KiB), and one empty segment for an empty part."""
+    return max(1, -(-plaintext_length // SEGMENT_PLAIN))
+
+
+def sealed_part_length(plaintext_length: int) -> int:
+    """Stored length of one part (header included) for a plaintext length."""
+    if plaintext_length < 0:
+        raise ValueError("negative length")
+    return HEADER_LEN + plaintext_length + SEGMENT_OVERHEAD * segment_count(plaintext_length)
+
+
+def plaintext_part_length(stored_length: int) -> int:
+    """Inverse of sealed_part_length; FormatError when no plaintext length maps to it."""
+    body = stored_length - HEADER_LEN
+    if body < SEGMENT_OVERHEAD:
+        raise FormatError(f"stored length {stored_length} is too short for a part")
+    n = -(-body // SEGMENT_STORED)
+    plain = body - SEGMENT_OVERHEAD * n
+    if plain < 0 or sealed_part_length(plain) != stored_length:
+        raise FormatError(f"stored length {stored_length} is not a valid part length")
+    return plain
+
+
+def pack_header(part_number: int, plaintext_length: int) -> bytes:
+    return HEADER.pack(MAGIC, part_number, plaintext_length)
+
+
+def unpack_header(raw: bytes) -> tuple[int, int]:
+    """(part_number, plaintext_length) of a part header; FormatError on a bad magic."""
+    magic, part_number, length = HEADER.unpack(raw)
+    if magic != MAGIC:
+        raise FormatError("part header magic is not CTS1")
+    return part_number, length
+
+
+def segment_aad(header: bytes, salt: bytes, index: int, object_key: str) -> bytes:
+    return b"".join((header, salt, struct.pack(">I", index), object_key.encode("utf-8")))
+
+
+@dataclass(frozen=True)
+class ObjectKeyMaterial:
+    """What seals and opens one object (or one multipart upload): DEK, salt and object key."""
+
+    dek: bytes
+    salt: bytes
+    object_key: str
+
+    def __post_init__(self) -> None:
+        if len(self.dek) != DEK_LEN:
+            raise ValueError("DEK must be 32 bytes")
+        if len(self.salt) != SALT_LEN:
+            raise ValueError("object salt must be 12 bytes")
+
+    def __repr__(self) -> str:  # never print the DEK
+        return f"ObjectKeyMaterial(object_key={self.object_key!r})"
+
+    def cipher(self) -> AESGCM:
+        return AESGCM(self.dek)
+
+
+def new_salt() -> bytes:
+    return os.urandom(SALT_LEN)
+
+
+class PartSealer:
+    """Encrypts one part's plaintext as it streams in; ``feed`` then ``finish``.
+
+    The caller states the plaintext length up front (it becomes the header and the upstream
+    Content-Length); a body that turns out longer or shorter raises FormatError in feed/finish,
+    so a wrong Content-Length can never produce a well-formed-looking object.
+    """
+
+    def __init__(
+        self,
+        material: ObjectKeyMaterial,
+        part_number: int,
+        plaintext_length: int,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ):
+        if not 0 <= part_number <= MAX_PART_NUMBER:
+            raise ValueError("part number out of range")
+        self._aead = material.cipher()
+        self._salt = material.salt
+        self._key = material.object_key
+        self.header = pack_header(part_number, plaintext_length)
+        self.plaintext_length = plaintext_length
+        self.sealed_length = sealed_part_length(plaintext_length)
+        self._buf = bytearray()
+        self._index = 0
+        self._seen = 0
+        self._started = False
+        self._random = random_bytes  # a seam for golden vectors; os.urandom in production
+
+    def _seal(self, chunk: bytes) -> bytes:
+        nonce = self._random(NONCE_LEN)
+        aad = segment_aad(self.header, self._salt, self._index, self._key)
+        self._index += 1
+        return nonce + self._aead.encrypt(nonce, chunk, aad)
+
+    def feed(self, data: bytes) -> bytes:
+        """Sealed bytes ready to send for this plaintext (whole segments only)."""
+        self._seen += len(data)
+        if self._seen > self.plaintext_length:
+            raise FormatError("body is longer than its declared length")
+        out = []
+        if not self._started:
+            self._started = True
+            out.append(self.header)
+        if self._buf:
+            self._buf += data
+            view = memoryview(self._buf)
+        else:
+            view = memoryview(data)
+        pos = 0
+        # Keep the last (possibly full) segment back until finish: the part may end right there.
+        while len(view) - pos > SEGMENT_PLAIN:
+            out.append(self._seal(view[pos : pos + SEGMENT_PLAIN]))
+            pos += SEGMENT_PLAIN
+        rest = bytes(view[pos:])
+        view.release()
+        self._buf = bytearray(rest)
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        """The final segment; FormatError if fewer bytes came than declared."""
+        if self._seen != self.plaintext_length:
+            raise FormatError("body is shorter than its declared length")
+        out = [] if self._started else [self.header]
+        self._started = True
+        out.append(self._seal(bytes(self._buf)))
+        self._buf = bytearray()
+        return b"".join(out)
+
+
+class BodyOpener:
+    """Decrypts a stored body (one or more parts) as it streams in; ``feed`` then ``finish``.
+
+    Only authenticated plaintext is ever returned. Checks, in order: the magic, part numbers
+    strictly increasing, each segment's tag, and at the end that no part was cut short.
+    """
+
+    def __init__(self, material: ObjectKeyMaterial, first_part_min: int = 0):
+        self._aead = material.cipher()
+        self._salt = material.salt
+        self._key = material.object_key
+        self._buf = bytearray()
+        self._last_part = first_part_min - 1
+        self._header: bytes | None = None
+        self._remaining_plain = 0
+        self._segments_left = 0
+        self._index = 0
+        self.parts_seen = 0
+        self.plaintext_seen = 0
+
+    def _open_segment(self, raw: bytes) -> bytes:
+        assert self._header is not None
+        nonce, ct = raw[:NONCE_LEN], raw[NONCE_LEN:]
+        aad = segment_aad(self._header, self._salt, self._index, self._key)
+        try:
+            plain = self._aead.decrypt(nonce, ct, aad)
+        except InvalidTag:
+            raise FormatError(f"segment {self._index} failed authentication") from None
+        self._index += 1
+        self._segments_left -= 1
+        self._remaining_plain -= len(plain)
+        if self._segments_left == 0:
+            self._header = None
+        return plain
+
+    def _next_segment_stored(self) -> int:
+        if self._segments_left == 1:
+            return self._remaining_plain + SEGMENT_OVERHEAD
+        return SEGMENT_STORED
+
+    def feed(self, data: bytes) -> bytes:
+        self._buf += data
+        out = []
+        pos = 0
+        buf = self._buf
+        while True:
+            if self._header is None:
+                if len(buf) - pos < HEADER_LEN:
+                    break
+                header = bytes(buf[pos : pos + HEADER_LEN])
+                part_number, length = unpack_header(header)
+                if part_number <= self._last_part:
+                    raise FormatError("part numbers do not strictly increase")
+                self._last_part = part_number
+                self.parts_seen += 1
+                self._header = header
+                self._remaining_plain = length
+                self._segments_left = segment_count(length)
+                self._index = 0
+                pos += HEADER_LEN
+                continue
+            need = self._next_segment_stored()
+            if len(buf) - pos < need:
+                break
+            out.append(self._open_segment(bytes(buf[pos : pos + need])))
+            pos += need
+        del buf[:pos]
+        plain = b"".join(out)
+        self.plaintext_seen += len(plain)
+        return plain
+
+    def finish(self) -> None:
+        if self._header is not None or self._buf:
+            raise FormatError("body ends inside a part")
+        if self.parts_seen == 0:
+            raise FormatError("body holds no part")
+
+
+def seal_part(
+    material: ObjectKeyMaterial,
+    part_number: int,
+    plaintext: bytes,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+) -> bytes:
+    """One-shot sealing of a whole part (tests, small bodies)."""
+    sealer = PartSealer(material, part_number, len(plaintext), random_bytes)
+    return sealer.feed(plaintext) + sealer.finish()
+
+
+def open_body(material: ObjectKeyMaterial, stored: bytes) -> bytes:
+    """One-shot opening of a whole stored body (tests, tools)."""
+    opener = BodyOpener(material)
+    plain = opener.feed(stored)
+    opener.finish()
+    return plain

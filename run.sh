@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# CloudTaser S3 proxy: one entry point for users, developers and CI.
+#   ./run.sh          run the proxy; with VAULT_ADDR unset, an embedded local stack
+#                     (OpenBao + SeaweedFS + the proxy on :8099, health on :8098)
+#   ./run.sh test     run the test suite (extra arguments go to pytest)
+#   ./run.sh bench    run the benchmark (bench/bench.py)
+#   ./run.sh proxy    run only the proxy against the configured Vault and S3 (production path)
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$here"
+venv="$here/.venv"
+
+# The newest CPython we can find: mitmproxy 12 needs 3.12+, 3.11 gets mitmproxy 11.0.x.
+pick_python() {
+    local c candidates=()
+    if command -v pyenv >/dev/null 2>&1; then
+        for c in "$(pyenv root)"/versions/3.1[1-9]*/bin/python3; do [ -x "$c" ] && candidates+=("$c"); done
+    fi
+    for c in python3.14 python3.13 python3.12 python3.11 python3; do
+        command -v "$c" >/dev/null 2>&1 && candidates+=("$(command -v "$c")")
+    done
+    local best="" best_v=0 v
+    for c in "${candidates[@]}"; do
+        v=$("$c" -c 'import sys; print(sys.version_info[0]*100+sys.version_info[1])' 2>/dev/null) || continue
+        if [ "$v" -ge 311 ] && [ "$v" -gt "$best_v" ]; then best="$c"; best_v="$v"; fi
+    done
+    [ -n "$best" ] || { echo "run.sh: no Python 3.11+ found" >&2; exit 1; }
+    echo "$best"
+}
+
+ensure_venv() {
+    local stamp="$venv/.cloudtaser-installed"
+    local want; want="$(cat pyproject.toml | sha256sum | cut -d' ' -f1)"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return; fi
+    if [ ! -x "$venv/bin/python" ]; then
+        local py; py="$(pick_python)"
+        echo "run.sh: creating .venv with $("$py" --version) ($py)" >&2
+        "$py" -m venv "$venv"
+        "$venv/bin/python" -m pip install -q --upgrade pip >&2
+    fi
+    echo "run.sh: installing the package and test dependencies into .venv" >&2
+    "$venv/bin/python" -m pip install -q -e ".[test]" >&2
+    echo "$want" > "$stamp"
+    "$venv/bin/python" -c 'import mitmproxy.version as v, sys; print(f"run.sh: Python {sys.version.split()[0]}, mitmproxy {v.VERSION}", file=sys.stderr)'
+}
+
+cmd="${1:-run}"
+case "$cmd" in
+    test)
+        shift
+        ensure_venv
+        "$venv/bin/ruff" check addon tests bench
+        exec "$venv/bin/python" -m pytest "$@"
+        ;;
+    bench)
+        shift
+        ensure_venv
+        exec "$venv/bin/python" bench/bench.py "$@"
+        ;;
+    proxy)
+        shift
+        ensure_venv
+        exec "$venv/bin/python" -m cloudtaser_s3 proxy "$@"
+        ;;
+    run)
+        ensure_venv
+        if [ -n "${VAULT_ADDR:-}" ]; then
+            exec "$venv/bin/python" -m cloudtaser_s3 proxy
+        fi
+        exec "$venv/bin/python" -m cloudtaser_s3 devstack
+        ;;
+    *)
+        echo "usage: ./run.sh [test [pytest args] | bench | proxy]" >&2
+        exit 2
+        ;;
+esac

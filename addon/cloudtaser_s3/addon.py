@@ -1,0 +1,493 @@
+"""The mitmproxy addon: every S3 request through the proxy passes these hooks.
+
+Each hook ends in exactly one of: the flow transformed (encrypted, decrypted, re-signed), an S3
+error answered, or the connection closed. An exception inside a hook is caught here and turned
+into an S3 error — mitmproxy's own handling would log it and forward the flow unchanged, which
+for an upload means plaintext upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.net.http import url as mitm_url
+
+from . import config, envelope, sigv4
+from .checksums import PlaintextDigests, checksum_headers
+from .credentials import Identities, as_botocore
+from .envelope import ObjectKeyMaterial, PartSealer
+from .health import CachedCheck, HealthServer
+from .interrupt import INJECTED, close_both, fail_streamed_request
+from .refusal import RefusalResponder
+from .s3errors import (
+    S3Error,
+    error_headers,
+    error_xml,
+    internal_error,
+    new_request_id,
+    not_implemented,
+    service_unavailable,
+)
+from .s3request import Action, S3Request, classify
+from .streams import OpeningStream, PlaintextGuard, SealingStream
+from .transit import Transit, VaultUnavailable, WrappedKeyInvalid
+
+log = logging.getLogger("cloudtaser")
+
+STATE = "cloudtaser"
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+# mitmproxy options that would buffer or re-stream bodies behind our back (ENGINEERING.md).
+_FORBIDDEN_OPTIONS = ("stream_large_bodies", "body_size_limit", "store_streamed_bodies")
+_PRESIGN_PARAMS = {
+    "x-amz-algorithm",
+    "x-amz-credential",
+    "x-amz-date",
+    "x-amz-expires",
+    "x-amz-signedheaders",
+    "x-amz-signature",
+    "x-amz-security-token",
+}
+_CLIENT_AUTH_HEADERS = (
+    "authorization",
+    "x-amz-date",
+    "x-amz-security-token",
+    "x-amz-content-sha256",
+)
+# Response headers that describe the stored ciphertext, not the object the client sees.
+_CIPHERTEXT_RESPONSE_HEADERS = (
+    "content-md5",
+    "x-amz-checksum-crc32",
+    "x-amz-checksum-crc32c",
+    "x-amz-checksum-crc64nvme",
+    "x-amz-checksum-sha1",
+    "x-amz-checksum-sha256",
+    "x-amz-checksum-type",
+)
+
+
+@dataclass
+class FlowState:
+    request: S3Request
+    access_key: str | None = None
+    sealing: SealingStream | None = None
+    opening: OpeningStream | PlaintextGuard | None = None
+    error_body: bytes | None = None  # a response replaced by an error after its headers came
+    notes: dict = field(default_factory=dict)
+
+
+def _has_body(req: http.Request) -> bool:
+    if "transfer-encoding" in req.headers:
+        return True
+    try:
+        return int(req.headers.get("content-length", "0")) > 0
+    except ValueError:
+        return True
+
+
+def _b64(value: str, length: int) -> bytes:
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise envelope.FormatError("metadata is not base64") from None
+    if len(raw) != length:
+        raise envelope.FormatError("metadata has the wrong length")
+    return raw
+
+
+class CloudTaser:
+    def __init__(self) -> None:
+        self.settings: config.Settings | None = None
+        self._base: config.Settings | None = None
+        self.identities: Identities | None = None
+        self.transit: Transit | None = None
+        self.health: HealthServer | None = None
+        self.refusals = RefusalResponder()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def configure(self, updated: set[str]) -> None:
+        try:
+            if self._base is None:
+                self._base = config.from_env(os.environ)
+            flags = config.MitmdumpFlags(
+                tuple(ctx.options.mode), ctx.options.listen_host, ctx.options.listen_port
+            )
+            settings, spec = config.reconcile(self._base, flags)
+            if self.identities is None:
+                self.identities = Identities(settings)
+        except config.ConfigError as e:
+            raise exceptions.OptionsError(f"cloudtaser: {e}") from None
+        for name in _FORBIDDEN_OPTIONS:
+            if getattr(ctx.options, name, None):
+                raise exceptions.OptionsError(
+                    f"cloudtaser: mitmproxy option {name} must stay unset: it would buffer or "
+                    "stream bodies past the encryption"
+                )
+        self.settings = settings
+        if self.transit is None:
+            self.transit = Transit(settings)
+        wanted = {"mode": [spec], "keep_host_header": True}
+        if list(ctx.options.mode) != [spec] or not ctx.options.keep_host_header:
+            ctx.options.update(**wanted)
+
+    async def running(self) -> None:
+        assert self.settings is not None and self.transit is not None
+        # A script can load after mitmproxy brought its servers up with the mode it had then;
+        # make the listeners match the mode configure() settled on.
+        proxyserver = ctx.master.addons.get("proxyserver")
+        if proxyserver is not None and not await proxyserver.setup_servers():
+            log.error("cloudtaser: cannot listen on %s", self.settings.listen)
+            ctx.master.shutdown()
+            return
+        await self.refusals.start()
+        transit = self.transit
+        await asyncio.to_thread(self._login_quietly)
+        ready = CachedCheck(transit.readiness_problem)
+        live = CachedCheck(lambda: None if transit.reachable() else "Vault is not reachable")
+        try:
+            self.health = HealthServer(self.settings.health, live, ready)
+        except OSError as e:
+            log.error(
+                "cloudtaser: CLOUDTASER_S3PROXY_HEALTH_ADDR: cannot listen on %s: %s",
+                self.settings.health,
+                e.strerror,
+            )
+            ctx.master.shutdown()
+            return
+        self.health.start()
+        log.info(
+            "cloudtaser: encrypting proxy on %s -> %s (region %s), Transit key %r at %s, "
+            "health on %s",
+            self.settings.listen,
+            self.settings.s3_endpoint,
+            self.settings.s3_region,
+            self.settings.transit_key,
+            self.settings.vault_addr,
+            self.settings.health,
+        )
+
+    def _login_quietly(self) -> None:
+        assert self.transit is not None
+        try:
+            self.transit.login()
+        except VaultUnavailable as e:
+            log.warning("cloudtaser: %s (will retry on demand)", e)
+
+    async def done(self) -> None:
+        if self.health is not None:
+            self.health.stop()
+        await self.refusals.stop()
+
+    # ---------------------------------------------------------------- request side
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        try:
+            await self._prepare_request(flow)
+        except S3Error as e:
+            self._refuse(flow, e)
+        except Exception:
+            log.exception("cloudtaser: request hook failed")
+            self._refuse(flow, internal_error())
+
+    def _refuse(self, flow: http.HTTPFlow, error: S3Error) -> None:
+        state = flow.metadata.get(STATE)
+        resource = state.request.resource if state else flow.request.path.split("?", 1)[0]
+        log.info(
+            "cloudtaser: refused %s %s: %s (%d)",
+            flow.request.method,
+            resource,
+            error.code,
+            error.status,
+        )
+        if _has_body(flow.request):
+            self.refusals.route(flow, error, resource)
+        else:
+            flow.response = self._error_response(error, resource)
+
+    @staticmethod
+    def _error_response(error: S3Error, resource: str) -> http.Response:
+        request_id = new_request_id()
+        body = error_xml(error, resource, request_id)
+        return http.Response.make(error.status, body, error_headers(request_id, len(body)))
+
+    async def _prepare_request(self, flow: http.HTTPFlow) -> None:
+        assert self.settings is not None and self.identities is not None
+        req = flow.request
+        raw_path, _, raw_query = req.path.partition("?")
+        s3req = classify(req.method, raw_path, raw_query, req.headers)
+        state = FlowState(s3req)
+        flow.metadata[STATE] = state
+
+        verified = None
+        if self.settings.verify_signatures:
+            verified = sigv4.verify(
+                req.method,
+                raw_path,
+                raw_query,
+                list(req.headers.items(multi=True)),
+                self.identities.secret_for,
+                datetime.now(UTC),
+            )
+            if verified.region != self.settings.s3_region:
+                raise S3Error(
+                    "AuthorizationHeaderMalformed",
+                    "The authorization header is malformed; the region "
+                    f"'{verified.region}' is wrong; expecting '{self.settings.s3_region}'",
+                    400,
+                )
+            state.access_key = verified.access_key
+
+        # The proxy's own metadata is never taken from a client.
+        for name in [n for n in req.headers if n.lower().startswith(envelope.META_PREFIX)]:
+            del req.headers[name]
+
+        payload_hash = req.headers.get("x-amz-content-sha256", UNSIGNED_PAYLOAD)
+        if payload_hash.startswith("STREAMING-") or "aws-chunked" in req.headers.get(
+            "content-encoding", ""
+        ):
+            raise not_implemented("An aws-chunked request body")
+        if s3req.action is Action.REFUSE:
+            raise not_implemented(s3req.operation)
+        if s3req.action is Action.ENCRYPT:
+            await self._prepare_upload(flow, state)
+            payload_hash = UNSIGNED_PAYLOAD
+        elif s3req.action in (Action.DECRYPT, Action.HEAD):
+            if "range" in req.headers:
+                raise not_implemented("A ranged GetObject")
+            if "partNumber" in raw_query:
+                raise not_implemented("GetObject with partNumber")
+
+        if verified is not None and verified.presigned:
+            kept = [
+                (k, v) for k, v in req.query.items(multi=True) if k.lower() not in _PRESIGN_PARAMS
+            ]
+            req.query = kept
+        await self._sign_upstream(flow, state, payload_hash)
+
+    async def _prepare_upload(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        assert self.settings is not None and self.transit is not None
+        req = flow.request
+        if "transfer-encoding" in req.headers or "content-length" not in req.headers:
+            raise S3Error(
+                "MissingContentLength", "You must provide the Content-Length HTTP header.", 411
+            )
+        try:
+            length = int(req.headers["content-length"])
+        except ValueError:
+            raise S3Error("InvalidArgument", "Content-Length is not a number.", 400) from None
+        if length > self.settings.max_object_size:
+            raise S3Error(
+                "EntityTooLarge",
+                "Your proposed upload exceeds the maximum allowed size "
+                f"(MAX_OBJECT_SIZE is {self.settings.max_object_size} bytes).",
+                400,
+            )
+        digests = PlaintextDigests.from_headers(req.headers)
+        try:
+            data_key = await asyncio.to_thread(self.transit.new_data_key)
+        except VaultUnavailable as e:
+            log.warning("cloudtaser: no data key for %s: %s", state.request.resource, e)
+            raise service_unavailable(
+                "The key service is unavailable; nothing was stored. Please retry."
+            ) from None
+        assert state.request.key is not None
+        salt = envelope.new_salt()
+        material = ObjectKeyMaterial(data_key.plaintext, salt, state.request.key)
+        sealer = PartSealer(material, 0, length)
+        resource = state.request.resource
+        state.sealing = SealingStream(
+            sealer, digests, lambda error: fail_streamed_request(flow, error, resource)
+        )
+        for name in checksum_headers(req.headers.items(multi=True)):
+            del req.headers[name]
+        req.headers[envelope.META_DEK] = data_key.wrapped
+        req.headers[envelope.META_KEY_VERSION] = str(data_key.key_version)
+        req.headers[envelope.META_NONCE] = base64.b64encode(salt).decode()
+        req.headers[envelope.META_KEY] = self.transit.key_name
+        req.headers[envelope.META_ALG] = envelope.ALG
+        req.headers["content-length"] = str(sealer.sealed_length)
+        req.stream = state.sealing
+
+    async def _sign_upstream(
+        self, flow: http.HTTPFlow, state: FlowState, payload_hash: str
+    ) -> None:
+        assert self.settings is not None and self.identities is not None
+        req = flow.request
+        for name in _CLIENT_AUTH_HEADERS:
+            req.headers.pop(name, None)
+        req.host_header = mitm_url.hostport(req.scheme, req.host, req.port)
+        if self.identities.refresh_needed():
+            creds = await asyncio.to_thread(self.identities.upstream_credentials, state.access_key)
+        else:
+            creds = self.identities.upstream_credentials(state.access_key)
+        signed = sigv4.resign(
+            req.method,
+            req.url,
+            list(req.headers.items(multi=True)),
+            as_botocore(creds),
+            self.settings.s3_region,
+            payload_hash,
+        )
+        for name, value in signed.items():
+            req.headers[name] = value
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        """Requests whose body ended with the headers never reach the stream callable."""
+        state: FlowState | None = flow.metadata.get(STATE)
+        if state is None or state.sealing is None or flow.response or INJECTED in flow.metadata:
+            return
+        sealing = state.sealing
+        if sealing.finished or sealing.failed or sealing.plaintext_bytes:
+            return
+        try:
+            flow.request.raw_content = sealing.finish()
+        except S3Error as e:
+            flow.response = self._error_response(e, state.request.resource)
+        except Exception:
+            log.exception("cloudtaser: sealing an empty body failed")
+            flow.response = self._error_response(internal_error(), state.request.resource)
+
+    # ---------------------------------------------------------------- response side
+
+    async def responseheaders(self, flow: http.HTTPFlow) -> None:
+        state: FlowState | None = flow.metadata.get(STATE)
+        if state is None or INJECTED in flow.metadata or flow.response is None:
+            return
+        try:
+            await self._prepare_response(flow, state)
+        except S3Error as e:
+            self._replace_response(flow, state, e)
+        except Exception:
+            log.exception("cloudtaser: response hook failed")
+            self._replace_response(flow, state, internal_error())
+
+    def _replace_response(self, flow: http.HTTPFlow, state: FlowState, error: S3Error) -> None:
+        """Turn a response whose headers arrived into an S3 error; its body is dropped.
+
+        Replacing ``flow.response`` here would make mitmproxy read the whole upstream body into
+        the new response, so the existing one is rewritten and its body streamed away instead.
+        """
+        resp = flow.response
+        assert resp is not None
+        request_id = new_request_id()
+        body = error_xml(error, state.request.resource, request_id)
+        if flow.request.method == "HEAD":
+            body = b""
+        resp.status_code = error.status
+        resp.reason = error.code
+        resp.headers.clear()
+        for name, value in error_headers(request_id, len(body)).items():
+            resp.headers[name] = value
+        resp.headers["content-length"] = str(len(body))
+        state.error_body = body
+        sent = False
+
+        def emit_once(_data: bytes) -> bytes:
+            nonlocal sent
+            if sent:
+                return b""
+            sent = True
+            return body
+
+        resp.stream = emit_once
+        log.info(
+            "cloudtaser: %s %s answered %s", flow.request.method, state.request.resource, error.code
+        )
+
+    async def _prepare_response(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        assert self.settings is not None
+        resp = flow.response
+        assert resp is not None
+        action = state.request.action
+        if action not in (Action.DECRYPT, Action.HEAD, Action.ENCRYPT):
+            return
+        for name in _CIPHERTEXT_RESPONSE_HEADERS:
+            resp.headers.pop(name, None)
+        if action is Action.ENCRYPT or resp.status_code != 200:
+            return
+        alg = resp.headers.get(envelope.META_ALG)
+        resource = state.request.resource
+        if alg is None:
+            if self.settings.plaintext_objects == "refuse":
+                raise S3Error(
+                    "AccessDenied",
+                    "The object is not encrypted by CloudTaser and this proxy refuses "
+                    "plaintext objects (CLOUDTASER_S3PROXY_PLAINTEXT_OBJECTS=refuse).",
+                    403,
+                )
+            log.info("cloudtaser: serving %s as stored: it has no CloudTaser metadata", resource)
+            if action is Action.DECRYPT:
+                state.opening = PlaintextGuard(lambda error: close_both(flow))
+                resp.stream = state.opening
+            return
+        if alg != envelope.ALG:
+            raise S3Error(
+                "InvalidObjectState",
+                f"The object is encrypted with an unknown CloudTaser format {alg!r}; "
+                "this proxy release cannot read it.",
+                409,
+            )
+        try:
+            stored = int(resp.headers.get("content-length", ""))
+            plain_length = envelope.plaintext_part_length(stored)
+        except (ValueError, envelope.FormatError):
+            raise S3Error(
+                "InternalError",
+                "The stored object's length is not valid for its CloudTaser format.",
+                500,
+            ) from None
+        resp.headers["content-length"] = str(plain_length)
+        if action is Action.HEAD:
+            return
+        material = await self._object_material(resp, state)
+        state.opening = OpeningStream(
+            envelope.BodyOpener(material), plain_length, lambda error: close_both(flow)
+        )
+        resp.stream = state.opening
+
+    async def _object_material(self, resp: http.Response, state: FlowState) -> ObjectKeyMaterial:
+        assert self.transit is not None and state.request.key is not None
+        wrapped = resp.headers.get(envelope.META_DEK, "")
+        key_name = resp.headers.get(envelope.META_KEY, "")
+        try:
+            salt = _b64(resp.headers.get(envelope.META_NONCE, ""), envelope.SALT_LEN)
+        except envelope.FormatError:
+            raise S3Error(
+                "InternalError", "The object's CloudTaser nonce metadata is damaged.", 500
+            ) from None
+        if not key_name:
+            raise S3Error("InternalError", "The object's CloudTaser key metadata is missing.", 500)
+        try:
+            dek = await asyncio.to_thread(self.transit.unwrap, wrapped, key_name)
+        except VaultUnavailable as e:
+            log.warning("cloudtaser: cannot unwrap the key of %s: %s", state.request.resource, e)
+            raise service_unavailable(
+                "The key service is unavailable; the object cannot be decrypted now. Please retry."
+            ) from None
+        except WrappedKeyInvalid as e:
+            raise S3Error(
+                "InternalError", f"The object's data key cannot be unwrapped: {e}.", 500
+            ) from None
+        return ObjectKeyMaterial(dek, salt, state.request.key)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        state: FlowState | None = flow.metadata.get(STATE)
+        if state is None or flow.response is None:
+            return
+        # A replaced response whose upstream body was empty never ran its stream callable.
+        if state.error_body is not None and not flow.response.raw_content:
+            flow.response.raw_content = state.error_body
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        state: FlowState | None = flow.metadata.get(STATE)
+        what = state.request.operation if state else flow.request.method
+        log.info("cloudtaser: %s %s failed: %s", what, flow.request.path, flow.error)

@@ -1,0 +1,92 @@
+"""The health companion: /healthz and /readyz on CLOUDTASER_S3PROXY_HEALTH_ADDR.
+
+It runs in its own thread with its own tiny HTTP server, so a busy or stuck proxy event loop
+cannot make probes hang, and probes never wait on the data path. Vault checks are cached for a
+few seconds so aggressive probes do not turn into Vault load.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from .config import Address
+
+log = logging.getLogger(__name__)
+
+CACHE_SECONDS = 5.0
+
+
+class CachedCheck:
+    """Runs ``check`` at most once per CACHE_SECONDS; returns None (ok) or a reason."""
+
+    def __init__(self, check: Callable[[], str | None], ttl: float = CACHE_SECONDS):
+        self._check = check
+        self._ttl = ttl
+        self._lock = threading.Lock()
+        self._at = 0.0
+        self._result: str | None = "not checked yet"
+
+    def __call__(self) -> str | None:
+        with self._lock:
+            if time.monotonic() - self._at >= self._ttl:
+                try:
+                    self._result = self._check()
+                except Exception as e:  # a probe must answer, never raise
+                    self._result = f"check failed: {type(e).__name__}"
+                self._at = time.monotonic()
+            return self._result
+
+
+class HealthServer:
+    def __init__(
+        self,
+        address: Address,
+        live: Callable[[], str | None],
+        ready: Callable[[], str | None],
+    ):
+        checks = {"/healthz": live, "/readyz": ready}
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                check = checks.get(self.path.split("?", 1)[0])
+                if check is None:
+                    self._answer(404, "not found\n")
+                    return
+                problem = check()
+                if problem is None:
+                    self._answer(200, "ok\n")
+                else:
+                    self._answer(503, f"{problem}\n")
+
+            def _answer(self, status: int, text: str) -> None:
+                body = text.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args) -> None:  # noqa: A002
+                pass
+
+        self._server = ThreadingHTTPServer((address.host, address.port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="cloudtaser-health", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

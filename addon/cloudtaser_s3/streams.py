@@ -1,0 +1,141 @@
+"""Stream callables for mitmproxy: seal request bodies, open response bodies.
+
+mitmproxy calls ``flow.request.stream(chunk)`` / ``flow.response.stream(chunk)`` for every chunk
+and once more with ``b""`` at the end. A callable must never raise (an exception there crashes the
+connection handler and leaves both sides hanging), so every failure is turned into a call of
+``on_failure`` and from then on the callable swallows everything.
+
+Fail-closed rules these classes keep:
+- upload: the last segment is held back until every plaintext checksum has matched, so an upstream
+  never receives a complete body for an upload that should be refused;
+- download: only plaintext of segments whose tag verified is ever returned.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from .checksums import PlaintextDigests
+from .envelope import MAGIC, BodyOpener, FormatError, PartSealer
+from .s3errors import S3Error, internal_error
+
+log = logging.getLogger(__name__)
+
+Failure = Callable[[S3Error], None]
+
+
+class SealingStream:
+    """Encrypts one part as it streams upstream, checking the client's digests on the way."""
+
+    def __init__(self, sealer: PartSealer, digests: PlaintextDigests, on_failure: Failure):
+        self._sealer = sealer
+        self._digests = digests
+        self._on_failure = on_failure
+        self.failed = False
+        self.finished = False
+        self.plaintext_bytes = 0
+
+    def _fail(self, error: S3Error) -> bytes:
+        self.failed = True
+        self._on_failure(error)
+        return b""
+
+    def __call__(self, data: bytes) -> bytes:
+        if self.failed:
+            return b""
+        try:
+            if data:
+                self.plaintext_bytes += len(data)
+                self._digests.update(data)
+                return self._sealer.feed(data)
+            return self.finish()
+        except S3Error as e:
+            return self._fail(e)
+        except FormatError as e:
+            return self._fail(
+                S3Error("IncompleteBody", f"The request body does not match its length: {e}", 400)
+            )
+        except Exception:
+            log.exception("encrypting stream failed")
+            return self._fail(internal_error())
+
+    def finish(self) -> bytes:
+        """Verify the digests, then release the held-back final segment."""
+        if self.finished:
+            return b""
+        self._digests.verify()
+        tail = self._sealer.finish()
+        self.finished = True
+        return tail
+
+
+class OpeningStream:
+    """Decrypts a stored body as it streams to the client; aborts on the first bad byte."""
+
+    def __init__(self, opener: BodyOpener, expected_plaintext: int | None, on_failure: Failure):
+        self._opener = opener
+        self._expected = expected_plaintext
+        self._on_failure = on_failure
+        self.failed = False
+        self.ended = False
+
+    def _fail(self, reason: str) -> bytes:
+        self.failed = True
+        log.error("refusing to serve object data: %s", reason)
+        self._on_failure(S3Error("InternalError", reason, 500))
+        return b""
+
+    def __call__(self, data: bytes) -> bytes:
+        if self.failed:
+            return b""
+        try:
+            if data:
+                return self._opener.feed(data)
+            self._opener.finish()
+            self.ended = True
+            if self._expected is not None and self._opener.plaintext_seen != self._expected:
+                return self._fail("decrypted length differs from the announced length")
+            return b""
+        except FormatError as e:
+            return self._fail(f"stored object failed authentication: {e}")
+        except Exception:
+            log.exception("decrypting stream failed")
+            return self._fail("decryption failed")
+
+
+class PlaintextGuard:
+    """Passes an object stored without our metadata, unless it starts like our ciphertext.
+
+    Ciphertext whose metadata was lost (copied or rewritten outside the proxy) begins with the
+    magic; it must never be served as if it were the object's content.
+    """
+
+    def __init__(self, on_failure: Failure):
+        self._head = b""
+        self._on_failure = on_failure
+        self.decided = False
+        self.failed = False
+
+    def __call__(self, data: bytes) -> bytes:
+        if self.failed:
+            return b""
+        if self.decided:
+            return data
+        self._head += data
+        if len(self._head) < len(MAGIC) and data:
+            return b""
+        self.decided = True
+        if self._head.startswith(MAGIC):
+            self.failed = True
+            self._on_failure(
+                S3Error(
+                    "InvalidObjectState",
+                    "The object is CloudTaser ciphertext without its key metadata; "
+                    "it cannot be decrypted and is not served.",
+                    409,
+                )
+            )
+            return b""
+        head, self._head = self._head, b""
+        return head

@@ -1,0 +1,81 @@
+"""Which S3 operation a request is, and what the proxy does with it: fail closed on object data."""
+
+import pytest
+from mitmproxy.http import Headers
+
+from cloudtaser_s3.s3request import Action, classify, split_path
+
+
+def op(method, path, query="", **headers):
+    h = Headers(**{k.replace("_", "-"): v for k, v in headers.items()})
+    return classify(method, path, query, h)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query", "operation", "action"),
+    [
+        ("GET", "/", "", "ListBuckets", Action.PASS),
+        ("PUT", "/b", "", "CreateBucket", Action.PASS),
+        ("DELETE", "/b", "", "DeleteBucket", Action.PASS),
+        ("HEAD", "/b", "", "HeadBucket", Action.PASS),
+        ("GET", "/b", "location", "GetBucketLocation", Action.PASS),
+        ("GET", "/b", "", "ListObjects", Action.PASS),
+        ("GET", "/b", "prefix=a&delimiter=%2F", "ListObjects", Action.PASS),
+        ("GET", "/b", "list-type=2&prefix=a", "ListObjectsV2", Action.PASS),
+        ("GET", "/b", "uploads", "ListMultipartUploads", Action.PASS),
+        ("GET", "/b", "versions", "ListObjectVersions", Action.PASS),
+        ("POST", "/b", "delete", "DeleteObjects", Action.PASS),
+        ("PUT", "/b/k", "", "PutObject", Action.ENCRYPT),
+        ("GET", "/b/k", "", "GetObject", Action.DECRYPT),
+        ("HEAD", "/b/k", "", "HeadObject", Action.HEAD),
+        ("DELETE", "/b/k", "", "DeleteObject", Action.PASS),
+        ("PUT", "/b/k", "tagging", "PutObjectObjectTagging", Action.PASS),
+        ("GET", "/b/k", "acl", "GetObjectObjectAcl", Action.PASS),
+        ("GET", "/b/k", "uploadId=u", "ListParts", Action.PASS),
+        ("DELETE", "/b/k", "uploadId=u", "AbortMultipartUpload", Action.PASS),
+    ],
+)
+def test_operations(method, path, query, operation, action):
+    r = op(method, path, query)
+    assert (r.operation, r.action) == (operation, action)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query", "headers", "operation"),
+    [
+        ("POST", "/b", "", {}, "PostObject"),
+        ("POST", "/b/k", "uploads", {}, "CreateMultipartUpload"),
+        ("PUT", "/b/k", "partNumber=1&uploadId=u", {}, "UploadPart"),
+        ("PUT", "/b/k", "partNumber=1&uploadId=u", {"x-amz-copy-source": "/b/o"}, "UploadPartCopy"),
+        ("POST", "/b/k", "uploadId=u", {}, "CompleteMultipartUpload"),
+        ("PUT", "/b/k", "", {"x-amz-copy-source": "/b/o"}, "CopyObject"),
+        ("POST", "/b/k", "select&select-type=2", {}, "SelectObjectContent"),
+        ("PUT", "/b/k", "something-new", {}, "PutObject:something-new"),
+        ("PATCH", "/b/k", "", {}, "PATCH object"),
+    ],
+)
+def test_object_data_the_proxy_does_not_handle_yet_is_refused(
+    method, path, query, headers, operation
+):
+    r = op(method, path, query, **headers)
+    assert (r.operation, r.action) == (operation, Action.REFUSE)
+
+
+@pytest.mark.parametrize(
+    ("path", "bucket", "key"),
+    [
+        ("/b/k", "b", "k"),
+        ("/b/a%20b+c", "b", "a b+c"),
+        ("/b/dir//x", "b", "dir//x"),
+        ("/b/%E2%82%AC%25", "b", "€%"),
+        ("/b/", "b", None),
+        ("/b", "b", None),
+        ("/", None, None),
+    ],
+)
+def test_keys_are_decoded_once_and_plus_is_literal(path, bucket, key):
+    assert split_path(path) == (bucket, key)
+
+
+def test_resource_names_the_object():
+    assert op("GET", "/b/a%20b").resource == "/b/a b"

@@ -74,7 +74,14 @@ def close_both(flow: http.HTTPFlow) -> None:
             flow.kill()
         return
     for conn in (flow.server_conn, flow.client_conn):
-        if conn is not None and conn in handler.transports:
+        io = handler.transports.get(conn) if conn is not None else None
+        if io is None:
+            continue
+        transport = getattr(io.writer, "transport", None)
+        if transport is not None:
+            # An immediate reset: nothing still buffered goes out, and the reader sees it at once.
+            transport.abort()
+        else:  # pragma: no cover - non-TCP transports
             handler.close_connection(conn)
 
 

@@ -131,6 +131,8 @@ class PartSealer:
     ):
         if not 0 <= part_number <= MAX_PART_NUMBER:
             raise ValueError("part number out of range")
+        if not 0 <= plaintext_length < 2**64:
+            raise ValueError("plaintext length out of range")
         self._aead = material.cipher()
         self._salt = material.salt
         self._key = material.object_key
@@ -141,10 +143,13 @@ class PartSealer:
         self._index = 0
         self._seen = 0
         self._started = False
+        self._finished = False
         self._random = random_bytes  # a seam for golden vectors; os.urandom in production
 
     def _seal(self, chunk: bytes) -> bytes:
         nonce = self._random(NONCE_LEN)
+        if len(nonce) != NONCE_LEN:
+            raise ValueError("nonce source returned the wrong length")
         aad = segment_aad(self.header, self._salt, self._index, self._key)
         self._index += 1
         return nonce + self._aead.encrypt(nonce, chunk, aad)
@@ -175,10 +180,13 @@ class PartSealer:
 
     def finish(self) -> bytes:
         """The final segment; FormatError if fewer bytes came than declared."""
+        if self._finished:
+            raise FormatError("part already finished")
         if self._seen != self.plaintext_length:
             raise FormatError("body is shorter than its declared length")
         out = [] if self._started else [self.header]
         self._started = True
+        self._finished = True
         out.append(self._seal(bytes(self._buf)))
         self._buf = bytearray()
         return b"".join(out)

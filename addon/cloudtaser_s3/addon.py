@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import ctx, http
 from mitmproxy.net.http import url as mitm_url
 
 from . import config, envelope, sigv4
@@ -109,36 +109,48 @@ class CloudTaser:
         self.transit: Transit | None = None
         self.health: HealthServer | None = None
         self.refusals = RefusalResponder()
+        self._running = False
 
     # ---------------------------------------------------------------- lifecycle
 
     def configure(self, updated: set[str]) -> None:
         try:
-            if self._base is None:
-                self._base = config.from_env(os.environ)
-            flags = config.MitmdumpFlags(
-                tuple(ctx.options.mode), ctx.options.listen_host, ctx.options.listen_port
-            )
-            settings, spec = config.reconcile(self._base, flags)
-            if self.identities is None:
-                self.identities = Identities(settings)
+            self._configure()
         except config.ConfigError as e:
-            raise exceptions.OptionsError(f"cloudtaser: {e}") from None
+            # One line naming the setting, then stop: mitmproxy would print a traceback for an
+            # OptionsError raised from a script. At start-up mitmproxy's errorcheck exits (code
+            # 1) on the logged error; later (an option changed in mitmweb) we shut down
+            # ourselves. Until then every request is refused.
+            self.settings = None
+            log.error("cloudtaser: configuration error: %s", e)
+            if self._running:
+                ctx.master.shutdown()
+
+    def _configure(self) -> None:
+        if self._base is None:
+            self._base = config.from_env(os.environ)
+        flags = config.MitmdumpFlags(
+            tuple(ctx.options.mode), ctx.options.listen_host, ctx.options.listen_port
+        )
+        settings, spec = config.reconcile(self._base, flags)
         for name in _FORBIDDEN_OPTIONS:
             if getattr(ctx.options, name, None):
-                raise exceptions.OptionsError(
-                    f"cloudtaser: mitmproxy option {name} must stay unset: it would buffer or "
-                    "stream bodies past the encryption"
+                raise config.ConfigError(
+                    f"mitmproxy option {name}",
+                    "must stay unset: it would buffer or stream bodies past the encryption",
                 )
-        self.settings = settings
+        if self.identities is None:
+            self.identities = Identities(settings)
         if self.transit is None:
             self.transit = Transit(settings)
-        wanted = {"mode": [spec], "keep_host_header": True}
+        self.settings = settings
         if list(ctx.options.mode) != [spec] or not ctx.options.keep_host_header:
-            ctx.options.update(**wanted)
+            ctx.options.update(mode=[spec], keep_host_header=True)
 
     async def running(self) -> None:
-        assert self.settings is not None and self.transit is not None
+        self._running = True
+        if self.settings is None or self.transit is None:
+            return
         # A script can load after mitmproxy brought its servers up with the mode it had then;
         # make the listeners match the mode configure() settled on.
         proxyserver = ctx.master.addons.get("proxyserver")
@@ -189,6 +201,9 @@ class CloudTaser:
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
+            return
+        if self.settings is None:
+            self._refuse(flow, service_unavailable("The proxy is not configured."))
             return
         try:
             await self._prepare_request(flow)

@@ -50,7 +50,13 @@ def split_path(raw_path: str) -> tuple[str | None, str | None]:
 
 
 def query_names(raw_query: str) -> dict[str, str]:
-    return dict(parse_qsl(raw_query, keep_blank_values=True))
+    """Query parameters that choose an operation: presigned-URL parameters (X-Amz-*) are
+    authentication, not sub-resources, and are left out."""
+    return {
+        k: v
+        for k, v in parse_qsl(raw_query, keep_blank_values=True)
+        if not k.lower().startswith("x-amz-")
+    }
 
 
 # Object sub-resources that carry no object data in either direction.

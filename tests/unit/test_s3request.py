@@ -79,3 +79,9 @@ def test_keys_are_decoded_once_and_plus_is_literal(path, bucket, key):
 
 def test_resource_names_the_object():
     assert op("GET", "/b/a%20b").resource == "/b/a b"
+
+
+def test_presigned_url_parameters_do_not_change_the_operation():
+    q = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=a&X-Amz-Signature=b"
+    assert op("PUT", "/b/k", q).operation == "PutObject"
+    assert op("PUT", "/b/k", q + "&partNumber=1&uploadId=u").operation == "UploadPart"

@@ -465,7 +465,9 @@ class CloudTaser:
             return
         material = await self._object_material(resp, state)
         state.opening = OpeningStream(
-            envelope.BodyOpener(material), plain_length, lambda error: close_both(flow)
+            envelope.BodyOpener(material, expected_plaintext=plain_length),
+            plain_length,
+            lambda error: close_both(flow),
         )
         resp.stream = state.opening
 

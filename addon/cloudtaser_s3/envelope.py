@@ -199,7 +199,17 @@ class BodyOpener:
     strictly increasing, each segment's tag, and at the end that no part was cut short.
     """
 
-    def __init__(self, material: ObjectKeyMaterial, first_part_min: int = 0):
+    def __init__(
+        self,
+        material: ObjectKeyMaterial,
+        first_part_min: int = 0,
+        expected_plaintext: int | None = None,
+    ):
+        # expected_plaintext: the length the client was promised (its Content-Length). Part
+        # headers that declare more are refused before any of their plaintext is released, so
+        # a body cut short can never end exactly where the client expects it to.
+        self._expected = expected_plaintext
+        self._declared = 0
         self._aead = material.cipher()
         self._salt = material.salt
         self._key = material.object_key
@@ -245,6 +255,9 @@ class BodyOpener:
                 part_number, length = unpack_header(header)
                 if part_number <= self._last_part:
                     raise FormatError("part numbers do not strictly increase")
+                self._declared += length
+                if self._expected is not None and self._declared > self._expected:
+                    raise FormatError("part headers declare more plaintext than the object has")
                 self._last_part = part_number
                 self.parts_seen += 1
                 self._header = header
@@ -268,6 +281,8 @@ class BodyOpener:
             raise FormatError("body ends inside a part")
         if self.parts_seen == 0:
             raise FormatError("body holds no part")
+        if self._expected is not None and self._declared != self._expected:
+            raise FormatError("part headers declare less plaintext than the object has")
 
 
 def seal_part(

@@ -729,3 +729,16 @@ def test_the_repr_of_key_material_does_not_contain_the_dek():
             str(list(dek))[1:-1],
         ):
             assert form not in text
+
+
+def test_a_body_cut_where_a_shorter_object_would_end_is_refused_before_any_plaintext():
+    """Cut after two of four segments, the stored length is a valid length for a shorter
+    object; the header still declares the real length, so the reader refuses at the header."""
+    material = ObjectKeyMaterial(bytes(range(32)), bytes(12), "cut")
+    plaintext = bytes(200_000)
+    stored = envelope.seal_part(material, 0, plaintext)
+    cut = stored[: envelope.HEADER_LEN + 2 * envelope.SEGMENT_STORED]
+    promised = envelope.plaintext_part_length(len(cut))
+    opener = BodyOpener(material, expected_plaintext=promised)
+    with pytest.raises(FormatError):
+        opener.feed(cut)

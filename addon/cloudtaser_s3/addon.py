@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from mitmproxy import ctx, http
 from mitmproxy.net.http import url as mitm_url
 
-from . import config, envelope, sigv4
+from . import config, envelope, ranges, sigv4
 from .checksums import PlaintextDigests, checksum_headers
 from .credentials import Identities, as_botocore
 from .envelope import ObjectKeyMaterial, PartSealer
@@ -36,7 +36,13 @@ from .s3errors import (
     service_unavailable,
 )
 from .s3request import Action, S3Request, classify
-from .streams import OpeningStream, PlaintextGuard, SealingStream
+from .streams import (
+    OpeningStream,
+    PlainRangeStream,
+    PlaintextGuard,
+    RangeOpeningStream,
+    SealingStream,
+)
 from .transit import Transit, VaultUnavailable, WrappedKeyInvalid
 
 log = logging.getLogger("cloudtaser")
@@ -79,6 +85,7 @@ class FlowState:
     sealing: SealingStream | None = None
     opening: OpeningStream | PlaintextGuard | None = None
     error_body: bytes | None = None  # a response replaced by an error after its headers came
+    range: ranges.ByteRange | None = None  # the client's plaintext range, on a ranged GET
     notes: dict = field(default_factory=dict)
 
 
@@ -232,7 +239,8 @@ class CloudTaser:
     def _error_response(error: S3Error, resource: str) -> http.Response:
         request_id = new_request_id()
         body = error_xml(error, resource, request_id)
-        return http.Response.make(error.status, body, error_headers(request_id, len(body)))
+        headers = {**error_headers(request_id, len(body)), **error.headers}
+        return http.Response.make(error.status, body, headers)
 
     async def _prepare_request(self, flow: http.HTTPFlow) -> None:
         assert self.settings is not None and self.identities is not None
@@ -276,10 +284,15 @@ class CloudTaser:
             await self._prepare_upload(flow, state)
             payload_hash = UNSIGNED_PAYLOAD
         elif s3req.action in (Action.DECRYPT, Action.HEAD):
-            if "range" in req.headers:
-                raise not_implemented("A ranged GetObject")
             if "partNumber" in raw_query:
                 raise not_implemented("GetObject with partNumber")
+            if "range" in req.headers:
+                wanted = ranges.parse_range(req.headers["range"])
+                if wanted is None or s3req.action is Action.HEAD:
+                    del req.headers["range"]  # S3 serves the whole object for these too
+                else:
+                    state.range = wanted
+                    req.headers["range"] = ranges.stored_range_header(wanted)
 
         if verified is not None and verified.presigned:
             kept = [
@@ -400,7 +413,7 @@ class CloudTaser:
         resp.status_code = error.status
         resp.reason = error.code
         resp.headers.clear()
-        for name, value in error_headers(request_id, len(body)).items():
+        for name, value in {**error_headers(request_id, len(body)), **error.headers}.items():
             resp.headers[name] = value
         resp.headers["content-length"] = str(len(body))
         state.error_body = body
@@ -427,22 +440,16 @@ class CloudTaser:
             return
         for name in _CIPHERTEXT_RESPONSE_HEADERS:
             resp.headers.pop(name, None)
-        if action is Action.ENCRYPT or resp.status_code != 200:
+        if action is Action.ENCRYPT:
             return
+        if state.range is not None and resp.status_code == 416:
+            raise self._unsatisfiable(resp)
+        if resp.status_code not in (200, 206):
+            return
+        extent = self._stored_extent(resp)
         alg = resp.headers.get(envelope.META_ALG)
-        resource = state.request.resource
         if alg is None:
-            if self.settings.plaintext_objects == "refuse":
-                raise S3Error(
-                    "AccessDenied",
-                    "The object is not encrypted by CloudTaser and this proxy refuses "
-                    "plaintext objects (CLOUDTASER_S3PROXY_PLAINTEXT_OBJECTS=refuse).",
-                    403,
-                )
-            log.info("cloudtaser: serving %s as stored: it has no CloudTaser metadata", resource)
-            if action is Action.DECRYPT:
-                state.opening = PlaintextGuard(lambda error: close_both(flow))
-                resp.stream = state.opening
+            self._serve_plaintext(flow, state, extent)
             return
         if alg != envelope.ALG:
             raise S3Error(
@@ -451,24 +458,105 @@ class CloudTaser:
                 "this proxy release cannot read it.",
                 409,
             )
+        offset, total = extent
         try:
-            stored = int(resp.headers.get("content-length", ""))
-            plain_length = envelope.plaintext_part_length(stored)
-        except (ValueError, envelope.FormatError):
+            plain_length = envelope.plaintext_part_length(total)
+        except envelope.FormatError:
             raise S3Error(
                 "InternalError",
                 "The stored object's length is not valid for its CloudTaser format.",
                 500,
             ) from None
-        resp.headers["content-length"] = str(plain_length)
         if action is Action.HEAD:
+            resp.headers["content-length"] = str(plain_length)
             return
         material = await self._object_material(resp, state)
-        state.opening = OpeningStream(
-            envelope.BodyOpener(material, expected_plaintext=plain_length),
-            plain_length,
-            lambda error: close_both(flow),
+        on_failure = lambda error: close_both(flow)  # noqa: E731
+        if state.range is None:
+            resp.headers["content-length"] = str(plain_length)
+            state.opening = OpeningStream(
+                envelope.BodyOpener(material, expected_plaintext=plain_length),
+                plain_length,
+                on_failure,
+            )
+        else:
+            plan = ranges.plan(state.range, plain_length, offset)
+            if plan is None:
+                raise self._unsatisfiable(resp, plain_length)
+            opener = envelope.SegmentRunOpener(
+                material, 0, plain_length, plan.first_segment, plan.segments
+            )
+            state.opening = RangeOpeningStream(plan, opener, on_failure)
+            self._as_partial(resp, plan.content_range, plan.length)
+        resp.stream = state.opening
+
+    @staticmethod
+    def _stored_extent(resp: http.Response) -> tuple[int, int]:
+        """(offset of the first byte in this response, total stored length)."""
+        content_range = resp.headers.get("content-range")
+        if resp.status_code == 206 and content_range:
+            parsed = ranges.parse_content_range(content_range)
+            if parsed is None:
+                raise S3Error("InternalError", "The store sent an unreadable Content-Range.", 502)
+            return parsed[0], parsed[2]
+        try:
+            return 0, int(resp.headers.get("content-length", ""))
+        except ValueError:
+            raise S3Error("InternalError", "The store sent no Content-Length.", 502) from None
+
+    @staticmethod
+    def _as_partial(resp: http.Response, content_range: str, length: int) -> None:
+        resp.status_code = 206
+        resp.reason = "Partial Content"
+        resp.headers["content-range"] = content_range
+        resp.headers["content-length"] = str(length)
+
+    @staticmethod
+    def _unsatisfiable(resp: http.Response, plain_length: int | None = None) -> S3Error:
+        if plain_length is None:  # the store's own 416 names the stored length
+            parsed = (resp.headers.get("content-range") or "").rpartition("/")[2]
+            try:
+                plain_length = envelope.plaintext_part_length(int(parsed))
+            except (ValueError, envelope.FormatError):
+                plain_length = None
+        headers = {"Content-Range": f"bytes */{plain_length}"} if plain_length else {}
+        return S3Error("InvalidRange", "The requested range is not satisfiable", 416, headers)
+
+    def _serve_plaintext(
+        self, flow: http.HTTPFlow, state: FlowState, extent: tuple[int, int]
+    ) -> None:
+        """An object without CloudTaser metadata: serve it as stored, or refuse it."""
+        assert self.settings is not None and flow.response is not None
+        resp = flow.response
+        if self.settings.plaintext_objects == "refuse":
+            raise S3Error(
+                "AccessDenied",
+                "The object is not encrypted by CloudTaser and this proxy refuses "
+                "plaintext objects (CLOUDTASER_S3PROXY_PLAINTEXT_OBJECTS=refuse).",
+                403,
+            )
+        log.info(
+            "cloudtaser: serving %s as stored: it has no CloudTaser metadata",
+            state.request.resource,
         )
+        if state.request.action is not Action.DECRYPT:
+            return
+        on_failure = lambda error: close_both(flow)  # noqa: E731
+        guard = PlaintextGuard(on_failure)
+        if state.range is None:
+            state.opening = guard
+        else:
+            offset, total = extent
+            span = state.range.resolve(total)
+            if span is None:
+                raise self._unsatisfiable(resp, total)
+            start, end = span
+            # Ciphertext that lost its metadata starts with the magic; only a range that
+            # includes byte 0 can show it, so only those are checked.
+            state.opening = PlainRangeStream(
+                start - offset, end - start + 1, guard if start == 0 else None
+            )
+            self._as_partial(resp, f"bytes {start}-{end}/{total}", end - start + 1)
         resp.stream = state.opening
 
     async def _object_material(self, resp: http.Response, state: FlowState) -> ObjectKeyMaterial:

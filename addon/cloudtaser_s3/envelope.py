@@ -302,3 +302,66 @@ def open_body(material: ObjectKeyMaterial, stored: bytes) -> bytes:
     plain = opener.feed(stored)
     opener.finish()
     return plain
+
+
+class SegmentRunOpener:
+    """Decrypts a run of consecutive segments of one part, from the middle of a stored body.
+
+    A range read starts at a segment boundary without the part header in hand; the caller
+    supplies the header it expects (for a single-part object, fixed by the stored length). A
+    wrong header, index or length makes the first segment fail authentication.
+    """
+
+    def __init__(
+        self,
+        material: ObjectKeyMaterial,
+        part_number: int,
+        part_plaintext_length: int,
+        first_index: int,
+        count: int,
+    ):
+        total = segment_count(part_plaintext_length)
+        if not (first_index >= 0 and count >= 1 and first_index + count <= total):
+            raise ValueError("segment run outside the part")
+        self._aead = material.cipher()
+        self._salt = material.salt
+        self._key = material.object_key
+        self._header = pack_header(part_number, part_plaintext_length)
+        self._plain = part_plaintext_length
+        self._total = total
+        self._index = first_index
+        self._end = first_index + count
+        self._buf = bytearray()
+
+    def _stored_size(self, index: int) -> int:
+        if index == self._total - 1:
+            return self._plain - index * SEGMENT_PLAIN + SEGMENT_OVERHEAD
+        return SEGMENT_STORED
+
+    def feed(self, data: bytes) -> bytes:
+        """Plaintext of every segment completed by ``data``; bytes past the run are ignored."""
+        if self._index >= self._end:
+            return b""
+        self._buf += data
+        out = []
+        pos = 0
+        while self._index < self._end:
+            need = self._stored_size(self._index)
+            if len(self._buf) - pos < need:
+                break
+            raw = bytes(self._buf[pos : pos + need])
+            aad = segment_aad(self._header, self._salt, self._index, self._key)
+            try:
+                out.append(self._aead.decrypt(raw[:NONCE_LEN], raw[NONCE_LEN:], aad))
+            except InvalidTag:
+                raise FormatError(f"segment {self._index} failed authentication") from None
+            self._index += 1
+            pos += need
+        del self._buf[:pos]
+        if self._index >= self._end:
+            self._buf = bytearray()
+        return b"".join(out)
+
+    def finish(self) -> None:
+        if self._index < self._end:
+            raise FormatError("stored range ends before the segments it should hold")

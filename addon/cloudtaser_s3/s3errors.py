@@ -14,11 +14,12 @@ from xml.sax.saxutils import escape
 class S3Error(Exception):
     """A refusal with S3's code, message and HTTP status. Messages never carry secrets."""
 
-    def __init__(self, code: str, message: str, status: int):
+    def __init__(self, code: str, message: str, status: int, headers: dict[str, str] | None = None):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.status = status
+        self.headers = headers or {}  # extra response headers, e.g. Content-Range on a 416
 
     def __repr__(self) -> str:
         return f"S3Error({self.code!r}, {self.message!r}, {self.status})"

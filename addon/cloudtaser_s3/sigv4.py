@@ -46,14 +46,26 @@ STREAMING_PAYLOAD_TRAILER = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
 STREAMING_UNSIGNED_PAYLOAD_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
 #: x-amz-content-sha256 values other than a SHA-256 hex digest that the proxy accepts.
 PAYLOAD_HASH_KEYWORDS = frozenset(
-    {UNSIGNED_PAYLOAD, STREAMING_PAYLOAD, STREAMING_PAYLOAD_TRAILER,
-     STREAMING_UNSIGNED_PAYLOAD_TRAILER}
+    {
+        UNSIGNED_PAYLOAD,
+        STREAMING_PAYLOAD,
+        STREAMING_PAYLOAD_TRAILER,
+        STREAMING_UNSIGNED_PAYLOAD_TRAILER,
+    }
 )
 
 #: Query parameters that carry SigV4 query (presigned) authentication; none may go upstream.
 PRESIGN_QUERY_PARAMS = frozenset(
-    {"X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires",
-     "X-Amz-SignedHeaders", "X-Amz-Signature", "X-Amz-Security-Token", "X-Amz-Content-Sha256"}
+    {
+        "X-Amz-Algorithm",
+        "X-Amz-Credential",
+        "X-Amz-Date",
+        "X-Amz-Expires",
+        "X-Amz-SignedHeaders",
+        "X-Amz-Signature",
+        "X-Amz-Security-Token",
+        "X-Amz-Content-Sha256",
+    }
 )
 #: Headers that resign() replaces: callers drop every copy of these before applying its result.
 RESIGN_HEADERS = ("Authorization", "X-Amz-Date", "X-Amz-Content-SHA256", "X-Amz-Security-Token")
@@ -62,9 +74,20 @@ RESIGN_HEADERS = ("Authorization", "X-Amz-Date", "X-Amz-Content-SHA256", "X-Amz-
 # proxy rewrites them. Hop-by-hop and transport headers (connection, expect, transfer-encoding,
 # content-length, user-agent, via, ...) stay unsigned so mitmproxy may adjust them.
 _RESIGNED_STANDARD_HEADERS = frozenset(
-    {"cache-control", "content-disposition", "content-encoding", "content-language",
-     "content-md5", "content-type", "expires", "if-match", "if-modified-since",
-     "if-none-match", "if-unmodified-since", "range"}
+    {
+        "cache-control",
+        "content-disposition",
+        "content-encoding",
+        "content-language",
+        "content-md5",
+        "content-type",
+        "expires",
+        "if-match",
+        "if-modified-since",
+        "if-none-match",
+        "if-unmodified-since",
+        "range",
+    }
 )
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
@@ -106,8 +129,7 @@ _CREDENTIAL_SHAPE = 'expecting "<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request
 
 _HEADER_MALFORMED = "The authorization header is malformed; "
 _THREE_COMPONENTS = (
-    "the authorization header requires three components: Credential, SignedHeaders, and "
-    "Signature."
+    "the authorization header requires three components: Credential, SignedHeaders, and Signature."
 )
 _QUERY_CREDENTIAL = "Error parsing the X-Amz-Credential parameter; "
 
@@ -187,7 +209,8 @@ def strip_presign_query(raw_query: str) -> str:
     kept = [
         part
         for part in raw_query.split("&")
-        if part and _decode_component(part.partition("=")[0]).decode("utf-8", "replace")
+        if part
+        and _decode_component(part.partition("=")[0]).decode("utf-8", "replace")
         not in PRESIGN_QUERY_PARAMS
     ]
     return "&".join(kept)
@@ -346,8 +369,14 @@ def _parse_http_date(value: str | None) -> datetime | None:
 
 
 def _parse_presigned(params: Mapping[str, list[str]], headers: _Headers) -> _Claim:
-    required = ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Signature", "X-Amz-Date",
-                "X-Amz-SignedHeaders", "X-Amz-Expires")
+    required = (
+        "X-Amz-Algorithm",
+        "X-Amz-Credential",
+        "X-Amz-Signature",
+        "X-Amz-Date",
+        "X-Amz-SignedHeaders",
+        "X-Amz-Expires",
+    )
     if any(len(params.get(name, ())) != 1 for name in required):
         raise _query_error(MSG_QUERY_PARAMS_REQUIRED)
     value = {name: params[name][0] for name in required}
@@ -431,9 +460,7 @@ def verify(
         raise S3Error("AccessDenied", MSG_ANONYMOUS, 403)
     presigned = claim.expires is not None
 
-    if claim.payload_hash not in PAYLOAD_HASH_KEYWORDS and not _HEX64.fullmatch(
-        claim.payload_hash
-    ):
+    if claim.payload_hash not in PAYLOAD_HASH_KEYWORDS and not _HEX64.fullmatch(claim.payload_hash):
         raise S3Error("InvalidArgument", MSG_BAD_CONTENT_SHA256, 400)
 
     now = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
@@ -448,7 +475,8 @@ def verify(
     # Every header that changes what S3 does must be covered: host always, x-amz-* when sent.
     signed = set(claim.signed_headers)
     unsigned_amz = [
-        name for name in hdrs.names()
+        name
+        for name in hdrs.names()
         if name.startswith("x-amz-") and name != "x-amz-content-sha256" and name not in signed
     ]
     if "host" not in signed or unsigned_amz:
@@ -463,14 +491,16 @@ def verify(
     canonical_headers = "".join(
         f"{name}:{_header_value(hdrs.get_all(name))}\n" for name in claim.signed_headers
     )
-    canonical_request = "\n".join((
-        method.upper(),
-        canonical_uri(raw_path),
-        canonical_query(raw_query, exclude=("X-Amz-Signature",) if presigned else ()),
-        canonical_headers,
-        ";".join(claim.signed_headers),
-        claim.payload_hash,
-    ))
+    canonical_request = "\n".join(
+        (
+            method.upper(),
+            canonical_uri(raw_path),
+            canonical_query(raw_query, exclude=("X-Amz-Signature",) if presigned else ()),
+            canonical_headers,
+            ";".join(claim.signed_headers),
+            claim.payload_hash,
+        )
+    )
     key = signing_key(secret, claim.credential.date, claim.credential.region)
     expected = _sign(key, string_to_sign(claim.amz_date, claim.credential.scope, canonical_request))
     provided = claim.signature.encode("utf-8", "surrogateescape")
@@ -500,9 +530,7 @@ class _ProxySigV4Auth(S3SigV4Auth):
     SigV4Auth.add_auth() with a fixed timestamp instead of the clock.
     """
 
-    def __init__(
-        self, credentials: object, region: str, payload_hash: str, timestamp: str
-    ) -> None:
+    def __init__(self, credentials: object, region: str, payload_hash: str, timestamp: str) -> None:
         super().__init__(credentials, SERVICE, region)
         self._payload_hash = payload_hash
         self._timestamp = timestamp

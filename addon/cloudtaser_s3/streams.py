@@ -17,7 +17,8 @@ import logging
 from collections.abc import Callable
 
 from .checksums import PlaintextDigests
-from .envelope import MAGIC, BodyOpener, FormatError, PartSealer
+from .envelope import MAGIC, BodyOpener, FormatError, PartSealer, SegmentRunOpener
+from .ranges import RangePlan
 from .s3errors import S3Error, internal_error
 
 log = logging.getLogger(__name__)
@@ -139,3 +140,77 @@ class PlaintextGuard:
             return b""
         head, self._head = self._head, b""
         return head
+
+
+class RangeOpeningStream:
+    """Opens the segments that cover a plaintext range and passes on exactly that range."""
+
+    def __init__(self, plan: RangePlan, opener: SegmentRunOpener, on_failure: Failure):
+        self._plan = plan
+        self._opener = opener
+        self._on_failure = on_failure
+        self._skip_stored = plan.skip_stored
+        self._skip_plain = plan.skip_plain
+        self._left = plan.length
+        self.failed = False
+
+    def _fail(self, reason: str) -> bytes:
+        self.failed = True
+        log.error("refusing to serve object data: %s", reason)
+        self._on_failure(S3Error("InternalError", reason, 500))
+        return b""
+
+    def __call__(self, data: bytes) -> bytes:
+        if self.failed:
+            return b""
+        try:
+            if not data:
+                self._opener.finish()
+                if self._left:
+                    return self._fail("stored range ended early")
+                return b""
+            if self._skip_stored:
+                cut = min(self._skip_stored, len(data))
+                self._skip_stored -= cut
+                data = data[cut:]
+                if not data:
+                    return b""
+            plain = self._opener.feed(data)
+            if self._skip_plain and plain:
+                cut = min(self._skip_plain, len(plain))
+                self._skip_plain -= cut
+                plain = plain[cut:]
+            out = plain[: self._left]
+            self._left -= len(out)
+            return out
+        except FormatError as e:
+            return self._fail(f"stored object failed authentication: {e}")
+        except Exception:
+            log.exception("decrypting a range failed")
+            return self._fail("decryption failed")
+
+
+class PlainRangeStream:
+    """A range of an object stored as plaintext: drop ``skip`` bytes, pass ``length``.
+
+    With a ``guard`` (the range starts at byte 0) the first bytes are also checked for the magic
+    of ciphertext that lost its metadata.
+    """
+
+    def __init__(self, skip: int, length: int, guard: PlaintextGuard | None):
+        self._skip = skip
+        self._left = length
+        self._guard = guard
+
+    def __call__(self, data: bytes) -> bytes:
+        if self._guard is not None:
+            data = self._guard(data)
+            if self._guard.failed:
+                return b""
+        if self._skip and data:
+            cut = min(self._skip, len(data))
+            self._skip -= cut
+            data = data[cut:]
+        out = data[: self._left]
+        self._left -= len(out)
+        return out

@@ -156,7 +156,6 @@ def test_bodies_over_max_object_size_are_refused_before_anything_goes_upstream(
                 Bucket=b, Key="c", CopySource={"Bucket": b, "Key": "keep"}
             ),
         ),
-        ("ranged GetObject", lambda s3, b: s3.get_object(Bucket=b, Key="keep", Range="bytes=0-1")),
     ],
 )
 def test_object_data_not_handled_yet_is_refused_not_forwarded(via, bucket, name, call):

@@ -172,6 +172,16 @@ def parse_name(variable: str, value: str) -> str:
     return v
 
 
+def parse_auth_mount(value: str) -> str:
+    """The auth mount as Vault's login path needs it: ``auth/kubernetes`` (the product page's
+    spelling) and ``kubernetes`` both mean the mount ``kubernetes``."""
+    name = parse_name("VAULT_AUTH_MOUNT_PATH", value)
+    bare = name.removeprefix("auth/")
+    if not bare or bare == "auth":
+        raise ConfigError("VAULT_AUTH_MOUNT_PATH", f"{value!r} names no auth mount")
+    return bare
+
+
 def _get(env: Mapping[str, str], name: str) -> str | None:
     value = env.get(name)
     return value if value is not None and value.strip() != "" else None
@@ -237,8 +247,8 @@ def from_env(env: Mapping[str, str]) -> Settings:
         vault_addr=vault_addr,
         vault_auth_method=method,
         vault_auth_role=role,
-        vault_auth_mount_path=parse_name(
-            "VAULT_AUTH_MOUNT_PATH", _get(env, "VAULT_AUTH_MOUNT_PATH") or DEFAULT_AUTH_MOUNT
+        vault_auth_mount_path=parse_auth_mount(
+            _get(env, "VAULT_AUTH_MOUNT_PATH") or DEFAULT_AUTH_MOUNT
         ),
         transit_key=parse_name(
             "CLOUDTASER_S3PROXY_TRANSIT_KEY", _required(env, "CLOUDTASER_S3PROXY_TRANSIT_KEY")

@@ -89,7 +89,10 @@ class Transit:
                     mount_point=self._s.vault_auth_mount_path,
                 )
             except (hvac.exceptions.VaultError, requests.RequestException) as e:
-                raise VaultUnavailable(f"Vault kubernetes login failed: {_describe(e)}") from None
+                raise VaultUnavailable(
+                    f"Vault kubernetes login failed (auth/{self._s.vault_auth_mount_path}, role "
+                    f"{self._s.vault_auth_role}): {_describe(e)}"
+                ) from None
 
     def _call(self, fn, *args, **kwargs):
         """Run one Transit call; on a refused token log in again once (kubernetes tokens expire)."""

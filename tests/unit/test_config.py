@@ -25,7 +25,7 @@ def test_defaults_are_the_product_pages():
     assert s.s3_region == "eu-west-1"
     assert s.s3_endpoint == "https://s3.eu-west-1.amazonaws.com"
     assert s.vault_auth_method == "kubernetes"
-    assert s.vault_auth_mount_path == "auth/kubernetes"
+    assert s.vault_auth_mount_path == "kubernetes"  # the page's "auth/kubernetes"
     assert s.transit_mount == "transit"
     assert s.max_object_size == 5 * 2**30
     assert s.verify_signatures is True
@@ -211,3 +211,11 @@ def test_reconcile_is_idempotent():
     merged, spec = reconcile(s, flags())
     again, spec2 = reconcile(s, flags(spec))
     assert (again, spec2) == (merged, spec)
+
+
+@pytest.mark.parametrize(
+    ("value", "mount"),
+    [("auth/kubernetes", "kubernetes"), ("kubernetes", "kubernetes"), ("auth/k8s/eu", "k8s/eu")],
+)
+def test_auth_mount_with_or_without_the_auth_prefix(value, mount):
+    assert from_env({**MINIMAL_K8S, "VAULT_AUTH_MOUNT_PATH": value}).vault_auth_mount_path == mount

@@ -13,18 +13,23 @@ import base64
 import binascii
 import logging
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from xml.sax.saxutils import escape as xml_escape
+from xml.sax.saxutils import unescape as xml_unescape
 
 from mitmproxy import ctx, http
 from mitmproxy.net.http import url as mitm_url
 
-from . import config, envelope, ranges, sigv4
+from . import config, envelope, ranges, sigv4, uploads
+from . import layout as layout_mod
 from .checksums import PlaintextDigests, checksum_headers
 from .credentials import Identities, as_botocore
 from .envelope import ObjectKeyMaterial, PartSealer
 from .health import CachedCheck, HealthServer
 from .interrupt import INJECTED, close_both, fail_streamed_request
+from .layout import Layout, LayoutCache
 from .refusal import RefusalResponder
 from .s3errors import (
     S3Error,
@@ -43,11 +48,13 @@ from .streams import (
     RangeOpeningStream,
     SealingStream,
 )
-from .transit import Transit, VaultUnavailable, WrappedKeyInvalid
+from .transit import DataKey, Transit, VaultUnavailable, WrappedKeyInvalid
+from .upstream import Head, Store
 
 log = logging.getLogger("cloudtaser")
 
 STATE = "cloudtaser"
+MAX_PART_LIST = 4 * 2**20  # 10,000 parts with checksums fit in well under this
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 # mitmproxy options that would buffer or re-stream bodies behind our back (ENGINEERING.md).
 _FORBIDDEN_OPTIONS = ("stream_large_bodies", "body_size_limit", "store_streamed_bodies")
@@ -86,6 +93,9 @@ class FlowState:
     opening: OpeningStream | PlaintextGuard | None = None
     error_body: bytes | None = None  # a response replaced by an error after its headers came
     range: ranges.ByteRange | None = None  # the client's plaintext range, on a ranged GET
+    layout: Layout | None = None  # the layout the stored range was computed from
+    upload: tuple[uploads.UploadToken, bytes] | None = field(default=None, repr=False)
+    body_digests: PlaintextDigests | None = None  # a small body checked in the request hook
     notes: dict = field(default_factory=dict)
 
 
@@ -96,6 +106,22 @@ def _has_body(req: http.Request) -> bool:
         return int(req.headers.get("content-length", "0")) > 0
     except ValueError:
         return True
+
+
+def xml_text(text: str, tag: str) -> str | None:
+    m = re.search(rf"<{tag}>([^<]*)</{tag}>", text)
+    return xml_unescape(m.group(1)) if m else None
+
+
+def xml_replace(text: str, tag: str, value: str) -> str:
+    return re.sub(rf"<{tag}>[^<]*</{tag}>", f"<{tag}>{xml_escape(value)}</{tag}>", text, count=1)
+
+
+def _plain_size(stored: int) -> int:
+    try:
+        return envelope.plaintext_part_length(stored)
+    except envelope.FormatError:
+        return stored
 
 
 def _b64(value: str, length: int) -> bytes:
@@ -116,6 +142,9 @@ class CloudTaser:
         self.transit: Transit | None = None
         self.health: HealthServer | None = None
         self.refusals = RefusalResponder()
+        self.deks = uploads.DekCache()
+        self.layouts = LayoutCache()
+        self.store: Store | None = None
         self._running = False
 
     # ---------------------------------------------------------------- lifecycle
@@ -150,6 +179,7 @@ class CloudTaser:
             self.identities = Identities(settings)
         if self.transit is None:
             self.transit = Transit(settings)
+        self.store = Store(settings.s3_endpoint, settings.s3_region)
         self.settings = settings
         if list(ctx.options.mode) != [spec] or not ctx.options.keep_host_header:
             ctx.options.update(mode=[spec], keep_host_header=True)
@@ -281,7 +311,19 @@ class CloudTaser:
         if s3req.action is Action.REFUSE:
             raise not_implemented(s3req.operation)
         if s3req.action is Action.ENCRYPT:
-            await self._prepare_upload(flow, state)
+            if s3req.operation == "UploadPart":
+                await self._prepare_part(flow, state)
+            else:
+                await self._prepare_put(flow, state)
+            payload_hash = UNSIGNED_PAYLOAD
+        elif s3req.action is Action.CREATE_UPLOAD:
+            await self._prepare_create_upload(flow, state)
+        elif s3req.action is Action.UPLOAD_ID:
+            state.notes["client_upload_id"] = req.query.get("uploadId", "")
+            req.query["uploadId"] = uploads.upstream_id(req.query.get("uploadId", ""))
+        elif s3req.action is Action.COMPLETE_UPLOAD:
+            req.query["uploadId"] = uploads.upstream_id(req.query.get("uploadId", ""))
+            self._prepare_complete(req, state)
             payload_hash = UNSIGNED_PAYLOAD
         elif s3req.action in (Action.DECRYPT, Action.HEAD):
             if "partNumber" in raw_query:
@@ -292,7 +334,7 @@ class CloudTaser:
                     del req.headers["range"]  # S3 serves the whole object for these too
                 else:
                     state.range = wanted
-                    req.headers["range"] = ranges.stored_range_header(wanted)
+                    await self._translate_range(flow, state)
 
         if verified is not None and verified.presigned:
             kept = [
@@ -301,9 +343,9 @@ class CloudTaser:
             req.query = kept
         await self._sign_upstream(flow, state, payload_hash)
 
-    async def _prepare_upload(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        assert self.settings is not None and self.transit is not None
-        req = flow.request
+    def _upload_length(self, req: http.Request) -> int:
+        """The plaintext length of an upload body, refused when missing or over the limit."""
+        assert self.settings is not None
         if "transfer-encoding" in req.headers or "content-length" not in req.headers:
             raise S3Error(
                 "MissingContentLength", "You must provide the Content-Length HTTP header.", 411
@@ -319,31 +361,141 @@ class CloudTaser:
                 f"(MAX_OBJECT_SIZE is {self.settings.max_object_size} bytes).",
                 400,
             )
-        digests = PlaintextDigests.from_headers(req.headers)
+        return length
+
+    async def _new_data_key(self, state: FlowState) -> DataKey:
+        assert self.transit is not None
         try:
-            data_key = await asyncio.to_thread(self.transit.new_data_key)
+            return await asyncio.to_thread(self.transit.new_data_key)
         except VaultUnavailable as e:
             log.warning("cloudtaser: no data key for %s: %s", state.request.resource, e)
             raise service_unavailable(
                 "The key service is unavailable; nothing was stored. Please retry."
             ) from None
-        assert state.request.key is not None
-        salt = envelope.new_salt()
-        material = ObjectKeyMaterial(data_key.plaintext, salt, state.request.key)
-        sealer = PartSealer(material, 0, length)
+
+    async def _unwrap(self, wrapped: str, key_name: str, state: FlowState) -> bytes:
+        """The plaintext DEK for a wrapped one, from the cache or one Transit round trip."""
+        assert self.transit is not None
+        dek = self.deks.get(key_name, wrapped)
+        if dek is not None:
+            return dek
+        try:
+            dek = await asyncio.to_thread(self.transit.unwrap, wrapped, key_name)
+        except VaultUnavailable as e:
+            log.warning("cloudtaser: cannot unwrap the key of %s: %s", state.request.resource, e)
+            raise service_unavailable(
+                "The key service is unavailable; the object's key cannot be unwrapped now. "
+                "Please retry."
+            ) from None
+        except WrappedKeyInvalid as e:
+            raise S3Error(
+                "InternalError", f"The object's data key cannot be unwrapped: {e}.", 500
+            ) from None
+        self.deks.put(key_name, wrapped, dek)
+        return dek
+
+    def _set_metadata(self, req: http.Request, data_key: DataKey, salt: bytes) -> None:
+        assert self.transit is not None
+        req.headers[envelope.META_DEK] = data_key.wrapped
+        req.headers[envelope.META_KEY_VERSION] = str(data_key.key_version)
+        req.headers[envelope.META_NONCE] = base64.b64encode(salt).decode()
+        req.headers[envelope.META_KEY] = self.transit.key_name
+        req.headers[envelope.META_ALG] = envelope.ALG
+
+    def _seal_body(
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        material: ObjectKeyMaterial,
+        part_number: int,
+        length: int,
+        digests: PlaintextDigests,
+    ) -> None:
+        """Stream the request body upstream as one sealed part."""
+        req = flow.request
+        sealer = PartSealer(material, part_number, length)
         resource = state.request.resource
         state.sealing = SealingStream(
             sealer, digests, lambda error: fail_streamed_request(flow, error, resource)
         )
         for name in checksum_headers(req.headers.items(multi=True)):
             del req.headers[name]
-        req.headers[envelope.META_DEK] = data_key.wrapped
-        req.headers[envelope.META_KEY_VERSION] = str(data_key.key_version)
-        req.headers[envelope.META_NONCE] = base64.b64encode(salt).decode()
-        req.headers[envelope.META_KEY] = self.transit.key_name
-        req.headers[envelope.META_ALG] = envelope.ALG
         req.headers["content-length"] = str(sealer.sealed_length)
         req.stream = state.sealing
+
+    async def _prepare_put(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        req = flow.request
+        length = self._upload_length(req)
+        digests = PlaintextDigests.from_headers(req.headers)
+        data_key = await self._new_data_key(state)
+        assert state.request.key is not None
+        salt = envelope.new_salt()
+        material = ObjectKeyMaterial(data_key.plaintext, salt, state.request.key)
+        self._seal_body(flow, state, material, 0, length, digests)
+        self._set_metadata(req, data_key, salt)
+
+    async def _prepare_part(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        req = flow.request
+        try:
+            part_number = int(req.query.get("partNumber", ""))
+        except ValueError:
+            part_number = 0
+        if not 1 <= part_number <= 10000:
+            raise S3Error(
+                "InvalidArgument", "Part number must be an integer between 1 and 10000.", 400
+            )
+        length = self._upload_length(req)
+        digests = PlaintextDigests.from_headers(req.headers)
+        token, dek = await self._upload_key(req, state)
+        assert state.request.key is not None
+        material = ObjectKeyMaterial(dek, token.salt, state.request.key)
+        self._seal_body(flow, state, material, part_number, length, digests)
+
+    async def _upload_key(
+        self, req: http.Request, state: FlowState
+    ) -> tuple[uploads.UploadToken, bytes]:
+        """The upload's token and DEK from the client's upload id; the query gets the store's id."""
+        token = uploads.decode(req.query.get("uploadId", ""))
+        if token is None:
+            raise S3Error(
+                "NoSuchUpload",
+                "The specified multipart upload does not exist or was not started through the "
+                "CloudTaser proxy, so its parts cannot be encrypted.",
+                404,
+            )
+        dek = await self._unwrap(token.wrapped_dek, token.key_name, state)
+        if not token.authentic(dek):
+            raise S3Error("NoSuchUpload", "The specified upload id has been altered.", 404)
+        req.query["uploadId"] = token.upstream_id
+        return token, dek
+
+    def _prepare_complete(self, req: http.Request, state: FlowState) -> None:
+        """The part list is read whole (it is small) so its checksums of plaintext parts can
+        be taken out; whole-object checksums describe the plaintext too and stay here."""
+        try:
+            length = int(req.headers.get("content-length", "0"))
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_PART_LIST:
+            raise S3Error("MalformedXML", "The part list is missing or too large.", 400)
+        state.body_digests = PlaintextDigests.from_headers(req.headers)
+        for name in checksum_headers(req.headers.items(multi=True)):
+            del req.headers[name]
+
+    async def _prepare_create_upload(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        req = flow.request
+        data_key = await self._new_data_key(state)
+        salt = envelope.new_salt()
+        # A checksum algorithm set here would make the store demand matching checksums of
+        # every (ciphertext) part; client checksums are checked by the proxy instead.
+        for name in ("x-amz-checksum-algorithm", "x-amz-checksum-type"):
+            req.headers.pop(name, None)
+        self._set_metadata(req, data_key, salt)
+        assert self.transit is not None
+        state.upload = (
+            uploads.UploadToken("", data_key.wrapped, self.transit.key_name, salt),
+            data_key.plaintext,
+        )
 
     async def _sign_upstream(
         self, flow: http.HTTPFlow, state: FlowState, payload_hash: str
@@ -371,7 +523,12 @@ class CloudTaser:
     async def request(self, flow: http.HTTPFlow) -> None:
         """Requests whose body ended with the headers never reach the stream callable."""
         state: FlowState | None = flow.metadata.get(STATE)
-        if state is None or state.sealing is None or flow.response or INJECTED in flow.metadata:
+        if state is None or flow.response or INJECTED in flow.metadata:
+            return
+        if state.body_digests is not None:
+            self._check_part_list(flow, state)
+            return
+        if state.sealing is None:
             return
         sealing = state.sealing
         if sealing.finished or sealing.failed or sealing.plaintext_bytes:
@@ -383,6 +540,20 @@ class CloudTaser:
         except Exception:
             log.exception("cloudtaser: sealing an empty body failed")
             flow.response = self._error_response(internal_error(), state.request.resource)
+
+    def _check_part_list(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        assert state.body_digests is not None
+        body = flow.request.raw_content or b""
+        try:
+            state.body_digests.update(body)
+            state.body_digests.verify()
+        except S3Error as e:
+            flow.response = self._error_response(e, state.request.resource)
+            return
+        text = body.decode("utf-8", errors="replace")
+        flow.request.content = re.sub(r"<(Checksum[A-Za-z0-9]*)>[^<]*</\1>", "", text).encode(
+            "utf-8"
+        )
 
     # ---------------------------------------------------------------- response side
 
@@ -440,16 +611,18 @@ class CloudTaser:
             return
         for name in _CIPHERTEXT_RESPONSE_HEADERS:
             resp.headers.pop(name, None)
+        bucket, key = state.request.bucket or "", state.request.key or ""
         if action is Action.ENCRYPT:
+            self.layouts.forget(bucket, key)
             return
         if state.range is not None and resp.status_code == 416:
             raise self._unsatisfiable(resp)
         if resp.status_code not in (200, 206):
             return
-        extent = self._stored_extent(resp)
+        offset, total = self._stored_extent(resp)
         alg = resp.headers.get(envelope.META_ALG)
         if alg is None:
-            self._serve_plaintext(flow, state, extent)
+            self._serve_plaintext(flow, state, (offset, total))
             return
         if alg != envelope.ALG:
             raise S3Error(
@@ -458,37 +631,125 @@ class CloudTaser:
                 "this proxy release cannot read it.",
                 409,
             )
-        offset, total = extent
+        etag = resp.headers.get("etag", "")
+        if state.layout is not None and state.layout.etag != etag:
+            # The object changed between learning its layout and reading it.
+            self.layouts.forget(bucket, key)
+            raise S3Error("SlowDown", "The object changed while it was read. Please retry.", 503)
+        layout = state.layout or await self._layout(state, etag, total)
+        if action is Action.HEAD:
+            resp.headers["content-length"] = str(layout.plaintext_length)
+            return
+        material = await self._object_material(resp, state)
+        on_failure = lambda error: close_both(flow)  # noqa: E731
+        if state.range is None:
+            resp.headers["content-length"] = str(layout.plaintext_length)
+            state.opening = OpeningStream(
+                envelope.BodyOpener(material, expected_plaintext=layout.plaintext_length),
+                layout.plaintext_length,
+                on_failure,
+            )
+        else:
+            plan = ranges.plan(state.range, layout, offset)
+            if plan is None:
+                raise self._unsatisfiable(resp, layout.plaintext_length)
+            state.opening = RangeOpeningStream(plan, plan.opener(material), on_failure)
+            self._as_partial(resp, plan.content_range, plan.length)
+        resp.stream = state.opening
+
+    async def _layout(self, state: FlowState, etag: str, total: int) -> Layout:
+        """The object's part layout: trivial for a single part, else cached or asked for."""
+        bucket, key = state.request.bucket or "", state.request.key or ""
         try:
-            plain_length = envelope.plaintext_part_length(total)
+            if layout_mod.multipart_parts(etag) is None:
+                layout = Layout.single(etag, total)
+            else:
+                cached = self.layouts.get(bucket, key, etag)
+                layout = cached or await self._probe_parts(state, etag, total)
         except envelope.FormatError:
             raise S3Error(
                 "InternalError",
                 "The stored object's length is not valid for its CloudTaser format.",
                 500,
             ) from None
-        if action is Action.HEAD:
-            resp.headers["content-length"] = str(plain_length)
+        self.layouts.put(bucket, key, layout)
+        return layout
+
+    async def _probe_parts(self, state: FlowState, etag: str, total: int) -> Layout:
+        """Ask the store for part lengths: the first and last part, and every part only when
+        those two do not explain the total (parts of unequal size)."""
+        count = layout_mod.multipart_parts(etag) or 1
+
+        # No If-Match on these: some stores (moto) answer a part HEAD with the part's own ETag.
+        # An object replaced meanwhile shows up as lengths that do not add up to the total.
+        async def part_length(n: int) -> int:
+            head = await self._head(state, part_number=n)
+            if head.status not in (200, 206) or head.content_length is None:
+                raise S3Error(
+                    "InternalError", f"The store did not describe part {n} ({head.status}).", 500
+                )
+            return head.content_length
+
+        first = await part_length(1)
+        if count == 1:
+            return Layout.from_lengths(etag, [(1, total)])
+        last = await part_length(count)
+        guess = layout_mod.guess_regular(etag, total, count, first, last)
+        if guess is not None:
+            return guess
+        middle = await asyncio.gather(*(part_length(n) for n in range(2, count)))
+        lengths = [(1, first)] + [(n, ln) for n, ln in zip(range(2, count), middle, strict=True)]
+        layout = Layout.from_lengths(etag, lengths + [(count, last)])
+        if layout.stored_length != total:
+            raise S3Error("SlowDown", "The object changed while it was read. Please retry.", 503)
+        return layout
+
+    async def _head(
+        self, state: FlowState, part_number: int | None = None, if_match: str | None = None
+    ) -> Head:
+        assert self.identities is not None and self.store is not None
+        creds = await asyncio.to_thread(self.identities.upstream_credentials, state.access_key)
+        try:
+            return await asyncio.to_thread(
+                self.store.head,
+                state.request.bucket or "",
+                state.request.key or "",
+                as_botocore(creds),
+                part_number,
+                if_match,
+            )
+        except OSError as e:
+            log.warning("cloudtaser: the store did not answer a HEAD: %s", e)
+            raise S3Error("ServiceUnavailable", "The store did not answer. Retry.", 503) from None
+
+    async def _translate_range(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """Ask the store for the segments that hold the client's range.
+
+        With the object's layout known (cached, or learnt with a HEAD), the exact segments;
+        for an object stored as plaintext, the range as it is.
+        """
+        assert state.range is not None
+        req = flow.request
+        bucket, key = state.request.bucket or "", state.request.key or ""
+        layout = self.layouts.get(bucket, key)
+        if layout is None:
+            head = await self._head(state)
+            if head.status != 200 or envelope.META_ALG not in head.headers:
+                # Missing, refused, or not ours: let the GET itself say so, or serve plaintext.
+                req.headers["range"] = ranges.stored_range_header(state.range)
+                return
+            if head.headers.get(envelope.META_ALG) != envelope.ALG or head.content_length is None:
+                req.headers["range"] = ranges.stored_range_header(state.range)
+                return
+            layout = await self._layout(state, head.headers.get("etag", ""), head.content_length)
+        plan = ranges.plan(state.range, layout)
+        if plan is None:
+            # Unsatisfiable for the layout we know: let the store's own answer decide.
+            self.layouts.forget(bucket, key)
+            req.headers["range"] = ranges.stored_range_header(state.range)
             return
-        material = await self._object_material(resp, state)
-        on_failure = lambda error: close_both(flow)  # noqa: E731
-        if state.range is None:
-            resp.headers["content-length"] = str(plain_length)
-            state.opening = OpeningStream(
-                envelope.BodyOpener(material, expected_plaintext=plain_length),
-                plain_length,
-                on_failure,
-            )
-        else:
-            plan = ranges.plan(state.range, plain_length, offset)
-            if plan is None:
-                raise self._unsatisfiable(resp, plain_length)
-            opener = envelope.SegmentRunOpener(
-                material, 0, plain_length, plan.first_segment, plan.segments
-            )
-            state.opening = RangeOpeningStream(plan, opener, on_failure)
-            self._as_partial(resp, plan.content_range, plan.length)
-        resp.stream = state.opening
+        state.layout = layout
+        req.headers["range"] = plan.stored_range
 
     @staticmethod
     def _stored_extent(resp: http.Response) -> tuple[int, int]:
@@ -571,26 +832,54 @@ class CloudTaser:
             ) from None
         if not key_name:
             raise S3Error("InternalError", "The object's CloudTaser key metadata is missing.", 500)
-        try:
-            dek = await asyncio.to_thread(self.transit.unwrap, wrapped, key_name)
-        except VaultUnavailable as e:
-            log.warning("cloudtaser: cannot unwrap the key of %s: %s", state.request.resource, e)
-            raise service_unavailable(
-                "The key service is unavailable; the object cannot be decrypted now. Please retry."
-            ) from None
-        except WrappedKeyInvalid as e:
-            raise S3Error(
-                "InternalError", f"The object's data key cannot be unwrapped: {e}.", 500
-            ) from None
+        dek = await self._unwrap(wrapped, key_name, state)
         return ObjectKeyMaterial(dek, salt, state.request.key)
 
     def response(self, flow: http.HTTPFlow) -> None:
         state: FlowState | None = flow.metadata.get(STATE)
-        if state is None or flow.response is None:
+        if state is None or flow.response is None or INJECTED in flow.metadata:
             return
         # A replaced response whose upstream body was empty never ran its stream callable.
-        if state.error_body is not None and not flow.response.raw_content:
-            flow.response.raw_content = state.error_body
+        if state.error_body is not None:
+            if not flow.response.raw_content:
+                flow.response.raw_content = state.error_body
+            return
+        try:
+            self._rewrite_upload_response(flow, state)
+        except Exception:
+            log.exception("cloudtaser: rewriting a multipart response failed")
+            flow.response = self._error_response(internal_error(), state.request.resource)
+
+    def _rewrite_upload_response(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """Multipart responses name the store's upload id and ciphertext sizes and checksums;
+        the client sees its own upload id and plaintext sizes."""
+        resp = flow.response
+        assert resp is not None
+        op = state.request.operation
+        if resp.status_code != 200 or op not in (
+            "CreateMultipartUpload",
+            "ListParts",
+            "CompleteMultipartUpload",
+        ):
+            return
+        text = resp.get_text(strict=False) or ""
+        if op == "CreateMultipartUpload":
+            assert state.upload is not None
+            token, dek = state.upload
+            upstream = xml_text(text, "UploadId")
+            if upstream is None:
+                raise ValueError("no UploadId in CreateMultipartUpload response")
+            client_id = replace(token, upstream_id=upstream).encode(dek)
+            text = xml_replace(text, "UploadId", client_id)
+        elif op == "ListParts":
+            text = xml_replace(text, "UploadId", state.notes.get("client_upload_id", ""))
+            text = re.sub(
+                r"<Size>(\d+)</Size>",
+                lambda m: f"<Size>{_plain_size(int(m.group(1)))}</Size>",
+                text,
+            )
+        text = re.sub(r"<(Checksum[A-Za-z0-9]*)>[^<]*</\1>", "", text)
+        resp.text = text
 
     def error(self, flow: http.HTTPFlow) -> None:
         state: FlowState | None = flow.metadata.get(STATE)

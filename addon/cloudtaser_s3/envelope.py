@@ -305,48 +305,73 @@ def open_body(material: ObjectKeyMaterial, stored: bytes) -> bytes:
 
 
 class SegmentRunOpener:
-    """Decrypts a run of consecutive segments of one part, from the middle of a stored body.
+    """Decrypts a run of consecutive segments from the middle of a stored body.
 
     A range read starts at a segment boundary without the part header in hand; the caller
-    supplies the header it expects (for a single-part object, fixed by the stored length). A
-    wrong header, index or length makes the first segment fail authentication.
+    supplies the layout it expects — ``parts`` as (part number, plaintext length) in order — and
+    where the run starts and ends. A wrong header, index or length makes a segment fail
+    authentication. Where the run crosses into the next part, that part's header must be exactly
+    the expected one.
     """
 
     def __init__(
         self,
         material: ObjectKeyMaterial,
-        part_number: int,
-        part_plaintext_length: int,
-        first_index: int,
-        count: int,
+        parts: list[tuple[int, int]],
+        first: tuple[int, int],
+        last: tuple[int, int],
     ):
-        total = segment_count(part_plaintext_length)
-        if not (first_index >= 0 and count >= 1 and first_index + count <= total):
-            raise ValueError("segment run outside the part")
         self._aead = material.cipher()
         self._salt = material.salt
         self._key = material.object_key
-        self._header = pack_header(part_number, part_plaintext_length)
-        self._plain = part_plaintext_length
-        self._total = total
-        self._index = first_index
-        self._end = first_index + count
+        self._parts = parts
+        (self._part, self._index), self._last = first, last
+        if not (0 <= self._part <= last[0] < len(parts)):
+            raise ValueError("segment run outside the layout")
+        self._need_header = False
+        self._done = False
         self._buf = bytearray()
+        self._set_part(self._part)
 
-    def _stored_size(self, index: int) -> int:
-        if index == self._total - 1:
-            return self._plain - index * SEGMENT_PLAIN + SEGMENT_OVERHEAD
+    def _set_part(self, i: int) -> None:
+        number, plain = self._parts[i]
+        self._header = pack_header(number, plain)
+        self._plain = plain
+        self._total = segment_count(plain)
+
+    def _stored_size(self) -> int:
+        if self._index == self._total - 1:
+            return self._plain - self._index * SEGMENT_PLAIN + SEGMENT_OVERHEAD
         return SEGMENT_STORED
+
+    def _advance(self) -> None:
+        if (self._part, self._index) == self._last:
+            self._done = True
+        elif self._index + 1 < self._total:
+            self._index += 1
+        else:
+            self._part += 1
+            self._index = 0
+            self._set_part(self._part)
+            self._need_header = True
 
     def feed(self, data: bytes) -> bytes:
         """Plaintext of every segment completed by ``data``; bytes past the run are ignored."""
-        if self._index >= self._end:
+        if self._done:
             return b""
         self._buf += data
         out = []
         pos = 0
-        while self._index < self._end:
-            need = self._stored_size(self._index)
+        while not self._done:
+            if self._need_header:
+                if len(self._buf) - pos < HEADER_LEN:
+                    break
+                if bytes(self._buf[pos : pos + HEADER_LEN]) != self._header:
+                    raise FormatError("a part header is not the expected one")
+                pos += HEADER_LEN
+                self._need_header = False
+                continue
+            need = self._stored_size()
             if len(self._buf) - pos < need:
                 break
             raw = bytes(self._buf[pos : pos + need])
@@ -355,13 +380,13 @@ class SegmentRunOpener:
                 out.append(self._aead.decrypt(raw[:NONCE_LEN], raw[NONCE_LEN:], aad))
             except InvalidTag:
                 raise FormatError(f"segment {self._index} failed authentication") from None
-            self._index += 1
             pos += need
+            self._advance()
         del self._buf[:pos]
-        if self._index >= self._end:
+        if self._done:
             self._buf = bytearray()
         return b"".join(out)
 
     def finish(self) -> None:
-        if self._index < self._end:
+        if not self._done:
             raise FormatError("stored range ends before the segments it should hold")

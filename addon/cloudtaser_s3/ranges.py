@@ -15,7 +15,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .envelope import HEADER_LEN, SEGMENT_OVERHEAD, SEGMENT_PLAIN, SEGMENT_STORED
+from .envelope import (
+    HEADER_LEN,
+    SEGMENT_OVERHEAD,
+    SEGMENT_PLAIN,
+    SEGMENT_STORED,
+    ObjectKeyMaterial,
+    SegmentRunOpener,
+)
+from .layout import Layout
 
 _RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
 
@@ -85,9 +93,11 @@ class RangePlan:
 
     start: int  # plaintext range, inclusive
     end: int
-    plaintext_length: int
-    first_segment: int  # index of the first segment to open
-    segments: int  # how many segments to open
+    layout: Layout
+    first: tuple[int, int]  # (part index, segment index) of the first segment to open
+    last: tuple[int, int]  # ... and of the last
+    first_stored: int  # stored offset of the first segment
+    last_stored: int  # last stored byte of the last segment
     skip_stored: int  # stored bytes to drop before the first wanted segment
     skip_plain: int  # plaintext bytes to drop from the first opened segment
 
@@ -97,29 +107,41 @@ class RangePlan:
 
     @property
     def content_range(self) -> str:
-        return f"bytes {self.start}-{self.end}/{self.plaintext_length}"
+        return f"bytes {self.start}-{self.end}/{self.layout.plaintext_length}"
+
+    @property
+    def stored_range(self) -> str:
+        return f"bytes={self.first_stored}-{self.last_stored}"
+
+    def opener(self, material: ObjectKeyMaterial) -> SegmentRunOpener:
+        parts = [(p.number, p.plain_length) for p in self.layout.parts]
+        return SegmentRunOpener(material, parts, self.first, self.last)
 
 
-def plan(r: ByteRange, plaintext_length: int, stored_offset: int) -> RangePlan | None:
-    """The plan for a range over a single-part object, given where the stored bytes that arrive
-    start (``stored_offset``, from the store's Content-Range). None when unsatisfiable."""
-    span = r.resolve(plaintext_length)
+def plan(r: ByteRange, layout: Layout, stored_offset: int | None = None) -> RangePlan | None:
+    """The plan for a range over an object of known layout. ``stored_offset`` is where the
+    stored bytes that arrive start (the store's Content-Range); by default exactly at the first
+    segment needed. None when unsatisfiable."""
+    span = r.resolve(layout.plaintext_length)
     if span is None:
         return None
     start, end = span
-    first = start // SEGMENT_PLAIN
-    last = end // SEGMENT_PLAIN
-    first_at = HEADER_LEN + first * SEGMENT_STORED
-    if stored_offset > first_at:
+    i0, s0, first_at = layout.segment_start(start)
+    i1, s1, last_at = layout.segment_end(end)
+    offset = first_at if stored_offset is None else stored_offset
+    if offset > first_at:
         raise ValueError("the store's range starts after the first segment needed")
+    part = layout.parts[i0]
     return RangePlan(
         start=start,
         end=end,
-        plaintext_length=plaintext_length,
-        first_segment=first,
-        segments=last - first + 1,
-        skip_stored=first_at - stored_offset,
-        skip_plain=start - first * SEGMENT_PLAIN,
+        layout=layout,
+        first=(i0, s0),
+        last=(i1, s1),
+        first_stored=first_at,
+        last_stored=last_at,
+        skip_stored=first_at - offset,
+        skip_plain=start - part.plain_offset - s0 * SEGMENT_PLAIN,
     )
 
 

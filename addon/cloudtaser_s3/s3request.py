@@ -17,6 +17,9 @@ class Action(enum.Enum):
     ENCRYPT = "encrypt"  # the body is object data: seal it
     DECRYPT = "decrypt"  # the response body is object data: open it
     HEAD = "head"  # object metadata: report plaintext sizes
+    CREATE_UPLOAD = "create-upload"  # a multipart upload starts: make its data key
+    COMPLETE_UPLOAD = "complete-upload"  # the part list: translate the upload id
+    UPLOAD_ID = "upload-id"  # names an upload (abort, list parts): translate the upload id
     PASS = "pass"  # no object data either way
     REFUSE = "refuse"  # object data we do not handle yet: NotImplemented
 
@@ -113,7 +116,9 @@ def classify(method: str, raw_path: str, raw_query: str, headers: Mapping[str, s
     copy_source = "x-amz-copy-source" in headers
     if m == "PUT":
         if "partNumber" in q or "uploadId" in q:
-            return req("UploadPartCopy" if copy_source else "UploadPart", Action.REFUSE)
+            if copy_source:
+                return req("UploadPartCopy", Action.REFUSE)
+            return req("UploadPart", Action.ENCRYPT)
         for sub, name in _OBJECT_META_SUBRESOURCES.items():
             if sub in q:
                 return req(f"PutObject{name}", Action.PASS)
@@ -124,7 +129,7 @@ def classify(method: str, raw_path: str, raw_query: str, headers: Mapping[str, s
         return req("PutObject", Action.ENCRYPT)
     if m in ("GET", "HEAD"):
         if "uploadId" in q:
-            return req("ListParts", Action.PASS)
+            return req("ListParts", Action.UPLOAD_ID)
         for sub, name in _OBJECT_META_SUBRESOURCES.items():
             if sub in q:
                 return req(f"GetObject{name}", Action.PASS)
@@ -135,15 +140,15 @@ def classify(method: str, raw_path: str, raw_query: str, headers: Mapping[str, s
         return req("GetObject", Action.DECRYPT)
     if m == "DELETE":
         if "uploadId" in q:
-            return req("AbortMultipartUpload", Action.PASS)
+            return req("AbortMultipartUpload", Action.UPLOAD_ID)
         if "tagging" in q:
             return req("DeleteObjectTagging", Action.PASS)
         return req("DeleteObject", Action.PASS)
     if m == "POST":
         if "uploads" in q:
-            return req("CreateMultipartUpload", Action.REFUSE)
+            return req("CreateMultipartUpload", Action.CREATE_UPLOAD)
         if "uploadId" in q:
-            return req("CompleteMultipartUpload", Action.REFUSE)
+            return req("CompleteMultipartUpload", Action.COMPLETE_UPLOAD)
         if "select" in q:
             return req("SelectObjectContent", Action.REFUSE)
         if "restore" in q:

@@ -144,13 +144,6 @@ def test_bodies_over_max_object_size_are_refused_before_anything_goes_upstream(
     ("name", "call"),
     [
         (
-            "UploadPart",
-            lambda s3, b: s3.upload_part(
-                Bucket=b, Key="u", UploadId="x", PartNumber=1, Body=os.urandom(100_000)
-            ),
-        ),
-        ("CreateMultipartUpload", lambda s3, b: s3.create_multipart_upload(Bucket=b, Key="u")),
-        (
             "CopyObject",
             lambda s3, b: s3.copy_object(
                 Bucket=b, Key="c", CopySource={"Bucket": b, "Key": "keep"}
@@ -163,6 +156,16 @@ def test_object_data_not_handled_yet_is_refused_not_forwarded(via, bucket, name,
     with pytest.raises(botocore.exceptions.ClientError) as e:
         call(via, bucket)
     assert error_code(e) == ("NotImplemented", 501)
+
+
+def test_parts_of_an_upload_not_started_through_the_proxy_are_refused(via, direct, bucket):
+    raw = direct.create_multipart_upload(Bucket=bucket, Key="outside")["UploadId"]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        via.upload_part(
+            Bucket=bucket, Key="outside", UploadId=raw, PartNumber=1, Body=os.urandom(100_000)
+        )
+    assert error_code(e) == ("NoSuchUpload", 404)
+    assert direct.list_parts(Bucket=bucket, Key="outside", UploadId=raw).get("Parts", []) == []
 
 
 def test_aws_chunked_bodies_are_refused_never_stored_with_framing(

@@ -17,6 +17,7 @@ from mitmproxy.test import taddons, tflow, tutils
 from cloudtaser_s3 import addon as addon_module
 from cloudtaser_s3 import envelope
 from cloudtaser_s3.addon import CloudTaser
+from cloudtaser_s3.layout import Layout
 
 AK, SK = "AKIDEXAMPLE000000001", "secret/key+for/tests"
 UPSTREAM = ("s3.example.internal", 9000)
@@ -117,14 +118,15 @@ def test_a_wrong_signature_is_answered_before_anything_else():
 
 def test_a_ranged_get_asks_the_store_for_whole_segments():
     async def scenario(ct):
+        stored = envelope.sealed_part_length(1_000_000)
+        ct.layouts.put("bucket", "key", Layout.single('"etag"', stored))
         f = signed_flow("GET", "/bucket/key", headers={"Range": "bytes=70000-70009"})
         await ct.requestheaders(f)
         return f
 
     f = run(scenario)
     assert f.response is None
-    # Segment 1 of the stored object (16 + 65564 .. 16 + 2 * 65564 - 1), widened to also cover
-    # bytes 70000-70009 of an object stored as plaintext.
+    # Segment 1 of the stored object: 16 + 65564 .. 16 + 2 * 65564 - 1.
     assert f.request.headers["range"] == "bytes=65580-131143"
 
 

@@ -31,8 +31,11 @@ def op(method, path, query="", **headers):
         ("DELETE", "/b/k", "", "DeleteObject", Action.PASS),
         ("PUT", "/b/k", "tagging", "PutObjectObjectTagging", Action.PASS),
         ("GET", "/b/k", "acl", "GetObjectObjectAcl", Action.PASS),
-        ("GET", "/b/k", "uploadId=u", "ListParts", Action.PASS),
-        ("DELETE", "/b/k", "uploadId=u", "AbortMultipartUpload", Action.PASS),
+        ("GET", "/b/k", "uploadId=u", "ListParts", Action.UPLOAD_ID),
+        ("DELETE", "/b/k", "uploadId=u", "AbortMultipartUpload", Action.UPLOAD_ID),
+        ("POST", "/b/k", "uploads", "CreateMultipartUpload", Action.CREATE_UPLOAD),
+        ("PUT", "/b/k", "partNumber=1&uploadId=u", "UploadPart", Action.ENCRYPT),
+        ("POST", "/b/k", "uploadId=u", "CompleteMultipartUpload", Action.COMPLETE_UPLOAD),
     ],
 )
 def test_operations(method, path, query, operation, action):
@@ -44,10 +47,7 @@ def test_operations(method, path, query, operation, action):
     ("method", "path", "query", "headers", "operation"),
     [
         ("POST", "/b", "", {}, "PostObject"),
-        ("POST", "/b/k", "uploads", {}, "CreateMultipartUpload"),
-        ("PUT", "/b/k", "partNumber=1&uploadId=u", {}, "UploadPart"),
         ("PUT", "/b/k", "partNumber=1&uploadId=u", {"x-amz-copy-source": "/b/o"}, "UploadPartCopy"),
-        ("POST", "/b/k", "uploadId=u", {}, "CompleteMultipartUpload"),
         ("PUT", "/b/k", "", {"x-amz-copy-source": "/b/o"}, "CopyObject"),
         ("POST", "/b/k", "select&select-type=2", {}, "SelectObjectContent"),
         ("PUT", "/b/k", "something-new", {}, "PutObject:something-new"),

@@ -22,8 +22,9 @@ from xml.sax.saxutils import unescape as xml_unescape
 from mitmproxy import ctx, http
 from mitmproxy.net.http import url as mitm_url
 
-from . import config, envelope, ranges, sigv4, uploads
+from . import awschunked, config, envelope, ranges, sigv4, uploads
 from . import layout as layout_mod
+from .awschunked import ChunkedDecoder, ChunkSigning
 from .checksums import PlaintextDigests, checksum_headers
 from .credentials import Identities, as_botocore
 from .envelope import ObjectKeyMaterial, PartSealer
@@ -95,6 +96,8 @@ class FlowState:
     range: ranges.ByteRange | None = None  # the client's plaintext range, on a ranged GET
     layout: Layout | None = None  # the layout the stored range was computed from
     upload: tuple[uploads.UploadToken, bytes] | None = field(default=None, repr=False)
+    chunked: bool = False  # the body is aws-chunked
+    verified: sigv4.VerifiedRequest | None = None
     body_digests: PlaintextDigests | None = None  # a small body checked in the request hook
     notes: dict = field(default_factory=dict)
 
@@ -304,10 +307,12 @@ class CloudTaser:
             del req.headers[name]
 
         payload_hash = req.headers.get("x-amz-content-sha256", UNSIGNED_PAYLOAD)
-        if payload_hash.startswith("STREAMING-") or "aws-chunked" in req.headers.get(
+        state.chunked = payload_hash.startswith("STREAMING-") or "aws-chunked" in req.headers.get(
             "content-encoding", ""
-        ):
-            raise not_implemented("An aws-chunked request body")
+        )
+        state.verified = verified
+        if state.chunked and s3req.action is not Action.ENCRYPT:
+            raise not_implemented(f"An aws-chunked {s3req.operation} body")
         if s3req.action is Action.REFUSE:
             raise not_implemented(s3req.operation)
         if s3req.action is Action.ENCRYPT:
@@ -343,17 +348,29 @@ class CloudTaser:
             req.query = kept
         await self._sign_upstream(flow, state, payload_hash)
 
-    def _upload_length(self, req: http.Request) -> int:
+    def _upload_length(self, req: http.Request, chunked: bool) -> int:
         """The plaintext length of an upload body, refused when missing or over the limit."""
         assert self.settings is not None
-        if "transfer-encoding" in req.headers or "content-length" not in req.headers:
+        if chunked:
+            if "x-amz-decoded-content-length" not in req.headers:
+                raise S3Error(
+                    "MissingContentLength",
+                    "You must provide the x-amz-decoded-content-length header with aws-chunked.",
+                    411,
+                )
+            field_name = "x-amz-decoded-content-length"
+        elif "transfer-encoding" in req.headers or "content-length" not in req.headers:
             raise S3Error(
                 "MissingContentLength", "You must provide the Content-Length HTTP header.", 411
             )
+        else:
+            field_name = "content-length"
         try:
-            length = int(req.headers["content-length"])
+            length = int(req.headers[field_name])
+            if length < 0:
+                raise ValueError
         except ValueError:
-            raise S3Error("InvalidArgument", "Content-Length is not a number.", 400) from None
+            raise S3Error("InvalidArgument", f"{field_name} is not a number.", 400) from None
         if length > self.settings.max_object_size:
             raise S3Error(
                 "EntityTooLarge",
@@ -416,16 +433,47 @@ class CloudTaser:
         sealer = PartSealer(material, part_number, length)
         resource = state.request.resource
         state.sealing = SealingStream(
-            sealer, digests, lambda error: fail_streamed_request(flow, error, resource)
+            sealer,
+            digests,
+            lambda error: fail_streamed_request(flow, error, resource),
+            self._chunked_decoder(req, state) if state.chunked else None,
         )
         for name in checksum_headers(req.headers.items(multi=True)):
             del req.headers[name]
+        req.headers.pop("transfer-encoding", None)
         req.headers["content-length"] = str(sealer.sealed_length)
         req.stream = state.sealing
 
+    def _chunked_decoder(self, req: http.Request, state: FlowState) -> ChunkedDecoder:
+        """A decoder for the aws-chunked body; the framing headers do not go upstream."""
+        assert self.identities is not None and self.settings is not None
+        variant = req.headers.get("x-amz-content-sha256", "")
+        signing = None
+        v = state.verified
+        if v is not None and variant in (awschunked.SIGNED, awschunked.SIGNED_TRAILER):
+            secret = self.identities.secret_for(v.access_key)
+            assert secret is not None
+            scope_date = v.scope.split("/", 1)[0]
+            signing = ChunkSigning(
+                v.signature, sigv4.signing_key(secret, scope_date, v.region), v.amz_date, v.scope
+            )
+        decoder = ChunkedDecoder(variant, signing)
+        encodings = [
+            e.strip()
+            for e in req.headers.get("content-encoding", "").split(",")
+            if e.strip() and e.strip().lower() != "aws-chunked"
+        ]
+        if encodings:
+            req.headers["content-encoding"] = ", ".join(encodings)
+        else:
+            req.headers.pop("content-encoding", None)
+        for name in ("x-amz-decoded-content-length", "x-amz-trailer"):
+            req.headers.pop(name, None)
+        return decoder
+
     async def _prepare_put(self, flow: http.HTTPFlow, state: FlowState) -> None:
         req = flow.request
-        length = self._upload_length(req)
+        length = self._upload_length(req, state.chunked)
         digests = PlaintextDigests.from_headers(req.headers)
         data_key = await self._new_data_key(state)
         assert state.request.key is not None
@@ -444,7 +492,7 @@ class CloudTaser:
             raise S3Error(
                 "InvalidArgument", "Part number must be an integer between 1 and 10000.", 400
             )
-        length = self._upload_length(req)
+        length = self._upload_length(req, state.chunked)
         digests = PlaintextDigests.from_headers(req.headers)
         token, dek = await self._upload_key(req, state)
         assert state.request.key is not None
@@ -531,7 +579,7 @@ class CloudTaser:
         if state.sealing is None:
             return
         sealing = state.sealing
-        if sealing.finished or sealing.failed or sealing.plaintext_bytes:
+        if sealing.finished or sealing.failed or sealing.received:
             return
         try:
             flow.request.raw_content = sealing.finish()

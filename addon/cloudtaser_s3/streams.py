@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from .awschunked import ChunkedDecoder
 from .checksums import PlaintextDigests
 from .envelope import MAGIC, BodyOpener, FormatError, PartSealer, SegmentRunOpener
 from .ranges import RangePlan
@@ -27,15 +28,26 @@ Failure = Callable[[S3Error], None]
 
 
 class SealingStream:
-    """Encrypts one part as it streams upstream, checking the client's digests on the way."""
+    """Encrypts one part as it streams upstream, checking the client's digests on the way.
 
-    def __init__(self, sealer: PartSealer, digests: PlaintextDigests, on_failure: Failure):
+    With a ``decoder`` the body is aws-chunked: it is decoded first, its chunk signatures are
+    checked as chunks end, and its trailing checksum joins the client's digests.
+    """
+
+    def __init__(
+        self,
+        sealer: PartSealer,
+        digests: PlaintextDigests,
+        on_failure: Failure,
+        decoder: ChunkedDecoder | None = None,
+    ):
         self._sealer = sealer
         self._digests = digests
         self._on_failure = on_failure
+        self._decoder = decoder
         self.failed = False
         self.finished = False
-        self.plaintext_bytes = 0
+        self.received = 0
 
     def _fail(self, error: S3Error) -> bytes:
         self.failed = True
@@ -47,7 +59,11 @@ class SealingStream:
             return b""
         try:
             if data:
-                self.plaintext_bytes += len(data)
+                self.received += len(data)
+                if self._decoder is not None:
+                    data = self._decoder.feed(data)
+                    if not data:
+                        return b""
                 self._digests.update(data)
                 return self._sealer.feed(data)
             return self.finish()
@@ -65,6 +81,9 @@ class SealingStream:
         """Verify the digests, then release the held-back final segment."""
         if self.finished:
             return b""
+        if self._decoder is not None:
+            self._decoder.finish()
+            self._digests.apply_trailers(self._decoder.trailers)
         self._digests.verify()
         tail = self._sealer.finish()
         self.finished = True

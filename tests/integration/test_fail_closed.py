@@ -168,10 +168,9 @@ def test_parts_of_an_upload_not_started_through_the_proxy_are_refused(via, direc
     assert direct.list_parts(Bucket=bucket, Key="outside", UploadId=raw).get("Parts", []) == []
 
 
-def test_aws_chunked_bodies_are_refused_never_stored_with_framing(
+def test_a_body_that_claims_aws_chunked_but_is_not_is_refused_never_stored(
     proxy_seaweedfs, seaweedfs, direct, bucket
 ):
-    """boto3 over HTTPS sends aws-chunked with a trailing checksum; here we force it on HTTP."""
     import boto3
 
     via = boto3.client(
@@ -183,14 +182,15 @@ def test_aws_chunked_bodies_are_refused_never_stored_with_framing(
         config=Config(retries={"total_max_attempts": 1}, s3={"payload_signing_enabled": False}),
     )
 
-    def make_chunked(params, **_):
+    def claim_chunked(params, **_):
         params["headers"]["Content-Encoding"] = "aws-chunked"
         params["headers"]["X-Amz-Content-SHA256"] = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+        params["headers"]["x-amz-decoded-content-length"] = "5"
 
-    via.meta.events.register("before-call.s3.PutObject", make_chunked)
+    via.meta.events.register("before-call.s3.PutObject", claim_chunked)
     with pytest.raises(botocore.exceptions.ClientError) as e:
         via.put_object(Bucket=bucket, Key="chunked", Body=b"hello")
-    assert error_code(e) == ("NotImplemented", 501)
+    assert error_code(e)[1] == 400
     assert missing(direct, bucket, "chunked")
 
 

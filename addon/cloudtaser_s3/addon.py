@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import html
 import logging
 import os
 import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from urllib.parse import quote
 from xml.sax.saxutils import escape as xml_escape
-from xml.sax.saxutils import unescape as xml_unescape
 
 from mitmproxy import ctx, http
 from mitmproxy.net.http import url as mitm_url
@@ -41,7 +42,7 @@ from .s3errors import (
     not_implemented,
     service_unavailable,
 )
-from .s3request import Action, S3Request, classify
+from .s3request import Action, S3Request, classify, virtual_host_bucket
 from .streams import (
     OpeningStream,
     PlainRangeStream,
@@ -55,6 +56,7 @@ from .upstream import Head, Store
 log = logging.getLogger("cloudtaser")
 
 STATE = "cloudtaser"
+LISTINGS = ("ListObjects", "ListObjectsV2", "ListObjectVersions")
 MAX_PART_LIST = 4 * 2**20  # 10,000 parts with checksums fit in well under this
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 # mitmproxy options that would buffer or re-stream bodies behind our back (ENGINEERING.md).
@@ -113,7 +115,8 @@ def _has_body(req: http.Request) -> bool:
 
 def xml_text(text: str, tag: str) -> str | None:
     m = re.search(rf"<{tag}>([^<]*)</{tag}>", text)
-    return xml_unescape(m.group(1)) if m else None
+    # html.unescape: stores write entities differently (Go's encoder writes &#34; for ").
+    return html.unescape(m.group(1)) if m else None
 
 
 def xml_replace(text: str, tag: str, value: str) -> str:
@@ -279,6 +282,13 @@ class CloudTaser:
         assert self.settings is not None and self.identities is not None
         req = flow.request
         raw_path, _, raw_query = req.path.partition("?")
+        signed_path = raw_path
+        bucket = virtual_host_bucket(req.host_header or "", self.settings.virtual_host_domains)
+        if bucket is not None:
+            # Virtual-hosted style: the signature covers the path as sent; upstream gets the
+            # path-style form of the same request.
+            raw_path = "/" + quote(bucket, safe="") + (raw_path if raw_path != "/" else "")
+            req.path = raw_path + ("?" + raw_query if raw_query else "")
         s3req = classify(req.method, raw_path, raw_query, req.headers)
         state = FlowState(s3req)
         flow.metadata[STATE] = state
@@ -287,7 +297,7 @@ class CloudTaser:
         if self.settings.verify_signatures:
             verified = sigv4.verify(
                 req.method,
-                raw_path,
+                signed_path,
                 raw_query,
                 list(req.headers.items(multi=True)),
                 self.identities.secret_for,
@@ -893,10 +903,42 @@ class CloudTaser:
                 flow.response.raw_content = state.error_body
             return
         try:
-            self._rewrite_upload_response(flow, state)
+            if state.request.operation in LISTINGS:
+                self._rewrite_listing(flow)
+            else:
+                self._rewrite_upload_response(flow, state)
         except Exception:
             log.exception("cloudtaser: rewriting a multipart response failed")
             flow.response = self._error_response(internal_error(), state.request.resource)
+
+    def _rewrite_listing(self, flow: http.HTTPFlow) -> None:
+        """Listings show plaintext sizes for single-part objects (so sync tools see the sizes
+        they uploaded). A listing does not say which objects are encrypted: an object stored
+        without the proxy is shown 44+ bytes smaller unless plaintext objects are refused
+        anyway. Multipart objects show the size of their layout when the proxy knows it."""
+        resp = flow.response
+        assert resp is not None
+        if resp.status_code != 200:
+            return
+        bucket = flow.metadata[STATE].request.bucket or ""
+
+        def entry(m: re.Match) -> str:
+            block = m.group(0)
+            etag = xml_text(block, "ETag")
+            size_text = xml_text(block, "Size")
+            if etag is None or size_text is None or not size_text.isdigit():
+                return block
+            if layout_mod.multipart_parts(etag) is None:
+                plain = _plain_size(int(size_text))
+            else:
+                layout = self.layouts.get(bucket, xml_text(block, "Key") or "", etag)
+                if layout is None:
+                    return block
+                plain = layout.plaintext_length
+            return xml_replace(block, "Size", str(plain))
+
+        text = resp.get_text(strict=False) or ""
+        resp.text = re.sub(r"<(Contents|Version)>.*?</\1>", entry, text, flags=re.S)
 
     def _rewrite_upload_response(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """Multipart responses name the store's upload id and ciphertext sizes and checksums;

@@ -75,6 +75,7 @@ class Settings:
     upstream_identity: str = "client"
     verify_signatures: bool = True
     plaintext_objects: str = "serve"
+    virtual_host_domains: tuple[str, ...] = ("localhost",)
     # Which of the two were set explicitly: mitmdump's own flags may fill in the others.
     listen_explicit: bool = False
     endpoint_explicit: bool = False
@@ -182,6 +183,15 @@ def parse_auth_mount(value: str) -> str:
     return bare
 
 
+def parse_domains(variable: str, value: str) -> tuple[str, ...]:
+    """Comma-separated DNS names under which ``<bucket>.<name>`` addresses a bucket."""
+    names = tuple(d.strip().lower().strip(".") for d in value.split(",") if d.strip())
+    for d in names:
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", d):
+            raise ConfigError(variable, f"{d!r} is not a DNS name")
+    return names
+
+
 def _get(env: Mapping[str, str], name: str) -> str | None:
     value = env.get(name)
     return value if value is not None and value.strip() != "" else None
@@ -270,6 +280,10 @@ def from_env(env: Mapping[str, str]) -> Settings:
             "CLOUDTASER_S3PROXY_PLAINTEXT_OBJECTS",
             _get(env, "CLOUDTASER_S3PROXY_PLAINTEXT_OBJECTS") or "serve",
             PLAINTEXT_POLICIES,
+        ),
+        virtual_host_domains=parse_domains(
+            "CLOUDTASER_S3PROXY_VIRTUAL_HOST_DOMAINS",
+            env.get("CLOUDTASER_S3PROXY_VIRTUAL_HOST_DOMAINS", "localhost"),
         ),
         listen_explicit=listen_raw is not None,
         endpoint_explicit=endpoint_raw is not None,

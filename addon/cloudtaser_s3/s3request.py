@@ -52,6 +52,18 @@ def split_path(raw_path: str) -> tuple[str | None, str | None]:
     return bucket, key
 
 
+def virtual_host_bucket(host_header: str, domains: tuple[str, ...]) -> str | None:
+    """The bucket of a virtual-hosted-style request (``<bucket>.<domain>[:port]``), else None."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return None
+    host = host.rsplit(":", 1)[0] if ":" in host else host
+    for domain in domains:
+        if host.endswith("." + domain) and len(host) > len(domain) + 1:
+            return host[: -len(domain) - 1]
+    return None
+
+
 def query_names(raw_query: str) -> dict[str, str]:
     """Query parameters that choose an operation: presigned-URL parameters (X-Amz-*) are
     authentication, not sub-resources, and are left out."""

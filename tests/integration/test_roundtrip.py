@@ -144,8 +144,8 @@ def test_pass_through_operations(stack):
     assert bucket in [b["Name"] for b in via.list_buckets()["Buckets"]]
     via.head_bucket(Bucket=bucket)
     via.get_bucket_location(Bucket=bucket)
-    keys = [o["Key"] for o in via.list_objects_v2(Bucket=bucket, Prefix="p/")["Contents"]]
-    assert keys == ["p/1", "p/2"]
+    listed = via.list_objects_v2(Bucket=bucket, Prefix="p/")["Contents"]
+    assert [(o["Key"], o["Size"]) for o in listed] == [("p/1", 1), ("p/2", 2)]
     keys_v1 = [o["Key"] for o in via.list_objects(Bucket=bucket, Prefix="p/")["Contents"]]
     assert keys_v1 == ["p/1", "p/2"]
     via.delete_object(Bucket=bucket, Key="p/1")

@@ -23,7 +23,7 @@ from xml.sax.saxutils import escape as xml_escape
 from mitmproxy import ctx, http
 from mitmproxy.net.http import url as mitm_url
 
-from . import awschunked, config, envelope, ranges, sigv4, uploads
+from . import awschunked, config, envelope, etags, ranges, sigv4, uploads
 from . import layout as layout_mod
 from .awschunked import ChunkedDecoder, ChunkSigning
 from .checksums import PlaintextDigests, checksum_headers
@@ -120,7 +120,8 @@ def xml_text(text: str, tag: str) -> str | None:
 
 
 def xml_replace(text: str, tag: str, value: str) -> str:
-    return re.sub(rf"<{tag}>[^<]*</{tag}>", f"<{tag}>{xml_escape(value)}</{tag}>", text, count=1)
+    new = f"<{tag}>{xml_escape(value)}</{tag}>"
+    return re.sub(rf"<{tag}>[^<]*</{tag}>", lambda _: new, text, count=1)
 
 
 def _plain_size(stored: int) -> int:
@@ -312,6 +313,9 @@ class CloudTaser:
                 )
             state.access_key = verified.access_key
 
+        for name in etags.CONDITION_HEADERS:
+            if name in req.headers:
+                req.headers[name] = etags.list_to_store(req.headers[name])
         # The proxy's own metadata is never taken from a client.
         for name in [n for n in req.headers if n.lower().startswith(envelope.META_PREFIX)]:
             del req.headers[name]
@@ -609,9 +613,17 @@ class CloudTaser:
             flow.response = self._error_response(e, state.request.resource)
             return
         text = body.decode("utf-8", errors="replace")
-        flow.request.content = re.sub(r"<(Checksum[A-Za-z0-9]*)>[^<]*</\1>", "", text).encode(
-            "utf-8"
+        text = re.sub(r"<(Checksum[A-Za-z0-9]*)>[^<]*</\1>", "", text)
+        text = re.sub(
+            r"<ETag>([^<]*)</ETag>",
+            lambda m: (
+                "<ETag>"
+                + xml_escape(etags.to_store(html.unescape(m.group(1))), {'"': "&quot;"})
+                + "</ETag>"
+            ),
+            text,
         )
+        flow.request.content = text.encode("utf-8")
 
     # ---------------------------------------------------------------- response side
 
@@ -620,6 +632,8 @@ class CloudTaser:
         if state is None or INJECTED in flow.metadata or flow.response is None:
             return
         try:
+            if "etag" in flow.response.headers:
+                flow.response.headers["etag"] = etags.to_client(flow.response.headers["etag"])
             await self._prepare_response(flow, state)
         except S3Error as e:
             self._replace_response(flow, state, e)
@@ -689,7 +703,7 @@ class CloudTaser:
                 "this proxy release cannot read it.",
                 409,
             )
-        etag = resp.headers.get("etag", "")
+        etag = etags.to_store(resp.headers.get("etag", ""))
         if state.layout is not None and state.layout.etag != etag:
             # The object changed between learning its layout and reading it.
             self.layouts.forget(bucket, key)
@@ -928,6 +942,7 @@ class CloudTaser:
             size_text = xml_text(block, "Size")
             if etag is None or size_text is None or not size_text.isdigit():
                 return block
+            block = xml_replace(block, "ETag", etags.to_client(etag))
             if layout_mod.multipart_parts(etag) is None:
                 plain = _plain_size(int(size_text))
             else:
@@ -966,6 +981,15 @@ class CloudTaser:
             text = re.sub(
                 r"<Size>(\d+)</Size>",
                 lambda m: f"<Size>{_plain_size(int(m.group(1)))}</Size>",
+                text,
+            )
+            text = re.sub(
+                r"<ETag>([^<]*)</ETag>",
+                lambda m: (
+                    "<ETag>"
+                    + xml_escape(etags.to_client(html.unescape(m.group(1))), {'"': "&quot;"})
+                    + "</ETag>"
+                ),
                 text,
             )
         text = re.sub(r"<(Checksum[A-Za-z0-9]*)>[^<]*</\1>", "", text)

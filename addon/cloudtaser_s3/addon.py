@@ -23,7 +23,7 @@ from xml.sax.saxutils import escape as xml_escape
 from mitmproxy import ctx, http
 from mitmproxy.net.http import url as mitm_url
 
-from . import awschunked, config, envelope, etags, ranges, sigv4, uploads
+from . import awschunked, config, copying, envelope, etags, ranges, sigv4, uploads
 from . import layout as layout_mod
 from .awschunked import ChunkedDecoder, ChunkSigning
 from .checksums import PlaintextDigests, checksum_headers
@@ -129,6 +129,21 @@ def _plain_size(stored: int) -> int:
         return envelope.plaintext_part_length(stored)
     except envelope.FormatError:
         return stored
+
+
+def _strict(stream: RangeOpeningStream):
+    """A range stream's feed and finish that raise instead of reporting a failure."""
+
+    def feed(chunk: bytes) -> bytes:
+        out = stream(chunk)
+        if stream.failed:
+            raise envelope.FormatError("the copy source range failed authentication")
+        return out
+
+    def finish() -> None:
+        feed(b"")
+
+    return feed, finish
 
 
 def _b64(value: str, length: int) -> bytes:
@@ -329,6 +344,9 @@ class CloudTaser:
             raise not_implemented(f"An aws-chunked {s3req.operation} body")
         if s3req.action is Action.REFUSE:
             raise not_implemented(s3req.operation)
+        if s3req.action is Action.COPY:
+            await self._copy(flow, state)
+            return
         if s3req.action is Action.ENCRYPT:
             if s3req.operation == "UploadPart":
                 await self._prepare_part(flow, state)
@@ -425,13 +443,20 @@ class CloudTaser:
         self.deks.put(key_name, wrapped, dek)
         return dek
 
-    def _set_metadata(self, req: http.Request, data_key: DataKey, salt: bytes) -> None:
+    def _metadata(self, data_key: DataKey, salt: bytes) -> dict[str, str]:
+        """The x-amz-meta-cloudtaser-* headers of a new object (docs/format.md)."""
         assert self.transit is not None
-        req.headers[envelope.META_DEK] = data_key.wrapped
-        req.headers[envelope.META_KEY_VERSION] = str(data_key.key_version)
-        req.headers[envelope.META_NONCE] = base64.b64encode(salt).decode()
-        req.headers[envelope.META_KEY] = self.transit.key_name
-        req.headers[envelope.META_ALG] = envelope.ALG
+        return {
+            envelope.META_DEK: data_key.wrapped,
+            envelope.META_KEY_VERSION: str(data_key.key_version),
+            envelope.META_NONCE: base64.b64encode(salt).decode(),
+            envelope.META_KEY: self.transit.key_name,
+            envelope.META_ALG: envelope.ALG,
+        }
+
+    def _set_metadata(self, req: http.Request, data_key: DataKey, salt: bytes) -> None:
+        for name, value in self._metadata(data_key, salt).items():
+            req.headers[name] = value
 
     def _seal_body(
         self,
@@ -543,6 +568,138 @@ class CloudTaser:
         state.body_digests = PlaintextDigests.from_headers(req.headers)
         for name in checksum_headers(req.headers.items(multi=True)):
             del req.headers[name]
+
+    async def _copy(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """CopyObject / UploadPartCopy, done by the proxy itself: read the source, open it,
+        seal it under the destination's key, write it; the client gets S3's copy result."""
+        assert self.store is not None and self.identities is not None
+        assert self.settings is not None and state.request.key is not None
+        req = flow.request
+        part = state.request.operation == "UploadPartCopy"
+        src = copying.parse_copy_source(req.headers.get("x-amz-copy-source", ""))
+        src_state = FlowState(
+            S3Request("GetObject", Action.DECRYPT, src.bucket, src.key),
+            access_key=state.access_key,
+        )
+        head = await self._head(src_state)
+        if head.status == 404:
+            raise S3Error("NoSuchKey", "The specified key does not exist.", 404)
+        if head.status != 200 or head.content_length is None:
+            raise S3Error("AccessDenied", f"The copy source cannot be read ({head.status}).", 403)
+        wanted = None
+        if part and "x-amz-copy-source-range" in req.headers:
+            wanted = ranges.parse_range(req.headers["x-amz-copy-source-range"])
+            if wanted is None or wanted.first is None or wanted.last is None:
+                raise S3Error(
+                    "InvalidArgument",
+                    "The x-amz-copy-source-range value must be of the form bytes=first-last.",
+                    400,
+                )
+        get_headers = copying.source_conditions(req.headers, etags.to_store)
+        etag = head.headers.get("etag", "")
+        get_headers.setdefault("if-match", etag)
+        alg = head.headers.get(envelope.META_ALG)
+        if alg is None:
+            if self.settings.plaintext_objects == "refuse":
+                raise S3Error("AccessDenied", "The copy source is not encrypted.", 403)
+            length = head.content_length
+            span = wanted.resolve(length) if wanted else (0, length - 1)
+            if span is None:
+                raise S3Error("InvalidRange", "The copy source range is not satisfiable.", 416)
+            if wanted:
+                get_headers["range"] = f"bytes={span[0]}-{span[1]}"
+            plain_length = span[1] - span[0] + 1 if length else 0
+
+            def open_chunk(chunk: bytes) -> bytes:
+                return chunk
+
+            def finish_open() -> None:
+                return None
+
+        elif alg != envelope.ALG:
+            raise S3Error("InvalidObjectState", f"Unknown CloudTaser format {alg!r}.", 409)
+        else:
+            layout = await self._layout(src_state, etag, head.content_length)
+            material = await self._object_material(head, src_state)
+            if wanted is None:
+                plain_length = layout.plaintext_length
+                opener = envelope.BodyOpener(material, expected_plaintext=plain_length)
+                open_chunk, finish_open = opener.feed, opener.finish
+            else:
+                plan = ranges.plan(wanted, layout)
+                if plan is None:
+                    raise S3Error("InvalidRange", "The copy source range is not satisfiable.", 416)
+                get_headers["range"] = plan.stored_range
+                plain_length = plan.length
+                open_chunk, finish_open = _strict(
+                    RangeOpeningStream(plan, plan.opener(material), lambda error: None)
+                )
+        if plain_length > self.settings.max_object_size:
+            raise S3Error("EntityTooLarge", "The copy exceeds MAX_OBJECT_SIZE.", 400)
+
+        if part:
+            part_number = int(req.query.get("partNumber", "0") or 0)
+            if not 1 <= part_number <= 10000:
+                raise S3Error("InvalidArgument", "Part number must be 1 to 10000.", 400)
+            token, dek = await self._upload_key(req, state)
+            material_dst = ObjectKeyMaterial(dek, token.salt, state.request.key)
+            sealer = PartSealer(material_dst, part_number, plain_length)
+            query = f"partNumber={part_number}&uploadId={quote(token.upstream_id, safe='')}"
+            put_headers: dict[str, str] = {}
+        else:
+            data_key = await self._new_data_key(state)
+            salt = envelope.new_salt()
+            material_dst = ObjectKeyMaterial(data_key.plaintext, salt, state.request.key)
+            sealer = PartSealer(material_dst, 0, plain_length)
+            query = ""
+            replace_meta = req.headers.get("x-amz-metadata-directive", "COPY").upper() == "REPLACE"
+            put_headers = copying.destination_headers(req.headers, head.headers, replace_meta)
+            put_headers.update(self._metadata(data_key, salt))
+
+        creds = as_botocore(
+            await asyncio.to_thread(self.identities.upstream_credentials, state.access_key)
+        )
+        conn, source = await asyncio.to_thread(
+            self.store.open_get, src.bucket, src.key, src.query, get_headers, creds
+        )
+        try:
+            if source.status in (304, 412):
+                raise S3Error(
+                    "PreconditionFailed",
+                    "At least one of the pre-conditions you specified did not hold",
+                    412,
+                )
+            if source.status not in (200, 206):
+                raise S3Error("SlowDown", "The copy source changed. Please retry.", 503)
+            body = copying.reencrypt(source, open_chunk, finish_open, sealer)
+            status, headers, answer = await asyncio.to_thread(
+                self.store.put_stream,
+                state.request.bucket or "",
+                state.request.key,
+                query,
+                put_headers,
+                body,
+                sealer.sealed_length,
+                creds,
+            )
+        except envelope.FormatError as e:
+            log.error("cloudtaser: copy source %s failed authentication: %s", src.key, e)
+            raise S3Error(
+                "InternalError", "The copy source failed authentication; nothing was written.", 500
+            ) from None
+        except OSError as e:
+            log.warning("cloudtaser: copy to %s failed: %s", state.request.resource, e)
+            raise S3Error("InternalError", "The copy failed; nothing was written.", 500) from None
+        finally:
+            conn.close()
+        self.layouts.forget(state.request.bucket or "", state.request.key)
+        if status != 200:
+            flow.response = http.Response.make(
+                status, answer, {"Content-Type": headers.get("content-type", "application/xml")}
+            )
+            return
+        result = copying.result_xml(etags.to_client(headers.get("etag", "")), part)
+        flow.response = http.Response.make(200, result, {"Content-Type": "application/xml"})
 
     async def _prepare_create_upload(self, flow: http.HTTPFlow, state: FlowState) -> None:
         req = flow.request

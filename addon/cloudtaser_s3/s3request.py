@@ -20,6 +20,7 @@ class Action(enum.Enum):
     CREATE_UPLOAD = "create-upload"  # a multipart upload starts: make its data key
     COMPLETE_UPLOAD = "complete-upload"  # the part list: translate the upload id
     UPLOAD_ID = "upload-id"  # names an upload (abort, list parts): translate the upload id
+    COPY = "copy"  # CopyObject / UploadPartCopy: decrypt the source, re-encrypt it
     PASS = "pass"  # no object data either way
     REFUSE = "refuse"  # object data we do not handle yet: NotImplemented
 
@@ -129,13 +130,13 @@ def classify(method: str, raw_path: str, raw_query: str, headers: Mapping[str, s
     if m == "PUT":
         if "partNumber" in q or "uploadId" in q:
             if copy_source:
-                return req("UploadPartCopy", Action.REFUSE)
+                return req("UploadPartCopy", Action.COPY)
             return req("UploadPart", Action.ENCRYPT)
         for sub, name in _OBJECT_META_SUBRESOURCES.items():
             if sub in q:
                 return req(f"PutObject{name}", Action.PASS)
         if copy_source:
-            return req("CopyObject", Action.REFUSE)
+            return req("CopyObject", Action.COPY)
         if q:
             return req(f"PutObject:{next(iter(q))}", Action.REFUSE)
         return req("PutObject", Action.ENCRYPT)

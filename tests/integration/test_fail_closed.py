@@ -144,9 +144,18 @@ def test_bodies_over_max_object_size_are_refused_before_anything_goes_upstream(
     ("name", "call"),
     [
         (
-            "CopyObject",
-            lambda s3, b: s3.copy_object(
-                Bucket=b, Key="c", CopySource={"Bucket": b, "Key": "keep"}
+            "GetObject with partNumber",
+            lambda s3, b: s3.get_object(Bucket=b, Key="keep", PartNumber=1),
+        ),
+        (
+            "SelectObjectContent",
+            lambda s3, b: s3.select_object_content(
+                Bucket=b,
+                Key="keep",
+                Expression="select * from s3object",
+                ExpressionType="SQL",
+                InputSerialization={"CSV": {}},
+                OutputSerialization={"CSV": {}},
             ),
         ),
     ],

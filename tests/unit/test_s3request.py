@@ -47,8 +47,6 @@ def test_operations(method, path, query, operation, action):
     ("method", "path", "query", "headers", "operation"),
     [
         ("POST", "/b", "", {}, "PostObject"),
-        ("PUT", "/b/k", "partNumber=1&uploadId=u", {"x-amz-copy-source": "/b/o"}, "UploadPartCopy"),
-        ("PUT", "/b/k", "", {"x-amz-copy-source": "/b/o"}, "CopyObject"),
         ("POST", "/b/k", "select&select-type=2", {}, "SelectObjectContent"),
         ("PUT", "/b/k", "something-new", {}, "PutObject:something-new"),
         ("PATCH", "/b/k", "", {}, "PATCH object"),
@@ -79,6 +77,15 @@ def test_keys_are_decoded_once_and_plus_is_literal(path, bucket, key):
 
 def test_resource_names_the_object():
     assert op("GET", "/b/a%20b").resource == "/b/a b"
+
+
+@pytest.mark.parametrize(
+    ("query", "operation"),
+    [("", "CopyObject"), ("partNumber=1&uploadId=u", "UploadPartCopy")],
+)
+def test_copies_are_done_by_the_proxy(query, operation):
+    r = op("PUT", "/b/k", query, **{"x-amz-copy-source": "/b/o"})
+    assert (r.operation, r.action) == (operation, Action.COPY)
 
 
 def test_presigned_url_parameters_do_not_change_the_operation():

@@ -97,6 +97,7 @@ class FlowState:
     error_body: bytes | None = None  # a response replaced by an error after its headers came
     range: ranges.ByteRange | None = None  # the client's plaintext range, on a ranged GET
     layout: Layout | None = None  # the layout the stored range was computed from
+    part_number: int | None = None  # GET/HEAD ?partNumber=
     upload: tuple[uploads.UploadToken, bytes] | None = field(default=None, repr=False)
     chunked: bool = False  # the body is aws-chunked
     verified: sigv4.VerifiedRequest | None = None
@@ -363,8 +364,19 @@ class CloudTaser:
             self._prepare_complete(req, state)
             payload_hash = UNSIGNED_PAYLOAD
         elif s3req.action in (Action.DECRYPT, Action.HEAD):
-            if "partNumber" in raw_query:
-                raise not_implemented("GetObject with partNumber")
+            if "partNumber" in req.query:
+                try:
+                    state.part_number = int(req.query["partNumber"])
+                except ValueError:
+                    state.part_number = 0
+                if not 1 <= state.part_number <= 10000:
+                    raise S3Error("InvalidArgument", "Part number must be 1 to 10000.", 400)
+                if "range" in req.headers:
+                    raise S3Error(
+                        "InvalidRequest",
+                        "Cannot specify both Range header and partNumber query parameter",
+                        400,
+                    )
             if "range" in req.headers:
                 wanted = ranges.parse_range(req.headers["range"])
                 if wanted is None or s3req.action is Action.HEAD:
@@ -866,6 +878,9 @@ class CloudTaser:
             self.layouts.forget(bucket, key)
             raise S3Error("SlowDown", "The object changed while it was read. Please retry.", 503)
         layout = state.layout or await self._layout(state, etag, total)
+        if state.part_number is not None:
+            await self._serve_part(flow, state, layout, offset)
+            return
         if action is Action.HEAD:
             resp.headers["content-length"] = str(layout.plaintext_length)
             return
@@ -884,6 +899,47 @@ class CloudTaser:
                 raise self._unsatisfiable(resp, layout.plaintext_length)
             state.opening = RangeOpeningStream(plan, plan.opener(material), on_failure)
             self._as_partial(resp, plan.content_range, plan.length)
+        resp.stream = state.opening
+
+    async def _serve_part(
+        self, flow: http.HTTPFlow, state: FlowState, layout: Layout, offset: int
+    ) -> None:
+        """GET/HEAD with partNumber: the store sends one stored part, header included."""
+        resp = flow.response
+        assert resp is not None
+        if len(layout.parts) > 1 and "content-range" not in resp.headers:
+            # S3 answers 206 with the part's Content-Range; without it nothing says which
+            # stored bytes these are (moto sends 200 and no range), and the proxy will not guess.
+            raise S3Error(
+                "NotImplemented",
+                "The store did not say which part it sent; GetObject with partNumber cannot be "
+                "served through this store.",
+                501,
+            )
+        part = next((p for p in layout.parts if p.stored_offset == offset), None)
+        sent = ranges.parse_content_range(resp.headers.get("content-range", ""))
+        if part is None or (sent is not None and sent[1] - sent[0] + 1 != part.stored_length):
+            # e.g. SeaweedFS answers partNumber=1 of a single-part object with its first chunk.
+            raise S3Error(
+                "NotImplemented",
+                "The store's answer to partNumber is not one whole part of the object; it "
+                "cannot be served through this store.",
+                501,
+            )
+        resp.headers["content-length"] = str(part.plain_length)
+        if resp.status_code == 206 and part.plain_length:
+            end = part.plain_offset + part.plain_length - 1
+            resp.headers["content-range"] = (
+                f"bytes {part.plain_offset}-{end}/{layout.plaintext_length}"
+            )
+        if state.request.action is Action.HEAD:
+            return
+        material = await self._object_material(resp, state)
+        state.opening = OpeningStream(
+            envelope.BodyOpener(material, expected_plaintext=part.plain_length),
+            part.plain_length,
+            lambda error: close_both(flow),
+        )
         resp.stream = state.opening
 
     async def _layout(self, state: FlowState, etag: str, total: int) -> Layout:

@@ -144,10 +144,6 @@ def test_bodies_over_max_object_size_are_refused_before_anything_goes_upstream(
     ("name", "call"),
     [
         (
-            "GetObject with partNumber",
-            lambda s3, b: s3.get_object(Bucket=b, Key="keep", PartNumber=1),
-        ),
-        (
             "SelectObjectContent",
             lambda s3, b: s3.select_object_content(
                 Bucket=b,

@@ -72,3 +72,15 @@ def test_download_file_uses_concurrent_ranged_gets(obj, tmp_path):
     path = tmp_path / "download"
     via.download_file(bucket, "big object", str(path))
     assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(data).digest()
+
+
+def test_part_number_one_of_a_single_part_object_is_the_object_or_refused(obj):
+    """S3 answers partNumber=1 of a single-part object with the whole object. SeaweedFS answers
+    with its first internal chunk: the proxy refuses that rather than serve part of it."""
+    via, bucket, data = obj
+    try:
+        got = via.get_object(Bucket=bucket, Key="big object", PartNumber=1)
+    except botocore.exceptions.ClientError as e:
+        assert e.response["Error"]["Code"] == "NotImplemented"
+        return
+    assert got["Body"].read() == data

@@ -105,6 +105,32 @@ def test_presigned_get_and_put_work_through_the_proxy(proxy_seaweedfs, seaweedfs
     assert at_rest["Body"].read(4) == b"CTS1"
 
 
+def test_presigned_urls_work_with_curl(proxy_seaweedfs, seaweedfs, bucket, tmp_path):
+    import shutil
+    import subprocess
+
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    s3 = client(
+        proxy_seaweedfs.endpoint,
+        seaweedfs.access_key,
+        seaweedfs.secret_key,
+        signature_version="s3v4",
+    )
+    src = tmp_path / "up"
+    src.write_bytes(b"curl upload " * 1000)
+    put = s3.generate_presigned_url(
+        "put_object", Params={"Bucket": bucket, "Key": "curl"}, ExpiresIn=300
+    )
+    subprocess.run([curl, "-sSf", "-T", str(src), put], check=True, timeout=60)
+    get = s3.generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": "curl"}, ExpiresIn=300
+    )
+    out = subprocess.run([curl, "-sSf", get], check=True, capture_output=True, timeout=60)
+    assert out.stdout == src.read_bytes()
+
+
 def test_a_tampered_presigned_url_is_refused(proxy_seaweedfs, seaweedfs, bucket):
     s3 = client(
         proxy_seaweedfs.endpoint,

@@ -161,3 +161,24 @@ def test_create_and_delete_bucket(stack):
     direct.head_bucket(Bucket=name)
     via.delete_bucket(Bucket=name)
     assert name not in [b["Name"] for b in direct.list_buckets()["Buckets"]]
+
+
+def test_bucket_and_object_configuration_passes_through_re_signed(stack):
+    via, _, bucket = stack
+    via.put_object(Bucket=bucket, Key="tagged", Body=b"t")
+    via.put_object_tagging(
+        Bucket=bucket, Key="tagged", Tagging={"TagSet": [{"Key": "team", "Value": "a"}]}
+    )
+    tags = via.get_object_tagging(Bucket=bucket, Key="tagged")["TagSet"]
+    assert tags == [{"Key": "team", "Value": "a"}]
+    via.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [{"Key": "env", "Value": "test"}]})
+    assert via.get_bucket_tagging(Bucket=bucket)["TagSet"] == [{"Key": "env", "Value": "test"}]
+    via.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    assert via.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    via.put_object(Bucket=bucket, Key="versioned", Body=b"v1")
+    via.put_object(Bucket=bucket, Key="versioned", Body=b"v2")
+    versions = via.list_object_versions(Bucket=bucket, Prefix="versioned")["Versions"]
+    assert len(versions) == 2 and {v["Size"] for v in versions} == {2}
+    oldest = next(v for v in versions if not v["IsLatest"])["VersionId"]
+    got = via.get_object(Bucket=bucket, Key="versioned", VersionId=oldest)["Body"].read()
+    assert got == b"v1"

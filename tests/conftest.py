@@ -21,7 +21,9 @@ region where CreateBucket needs no LocationConstraint (moto enforces that, as AW
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -150,3 +152,28 @@ def proxy_moto(proxy_factory: ProxyFactory, moto_s3: S3Server) -> ProxyProcess:
 def proxy_seaweedfs(proxy_factory: ProxyFactory, seaweedfs: S3Server) -> ProxyProcess:
     """A default proxy in front of SeaweedFS."""
     return proxy_factory(seaweedfs)
+
+
+@dataclass
+class Stack:
+    """One backend with its default proxy, a client for each, and a fresh bucket."""
+
+    name: str
+    backend: S3Server
+    proxy: ProxyProcess
+    via: object  # boto3 client through the proxy, default settings
+    direct: object  # boto3 client straight to the backend
+    bucket: str
+
+
+@pytest.fixture(scope="module", params=["moto", "seaweedfs"])
+def stack(request: pytest.FixtureRequest) -> Stack:
+    """Each test module that asks runs once against moto and once against SeaweedFS."""
+    name = request.param
+    backend = request.getfixturevalue("moto_s3" if name == "moto" else "seaweedfs")
+    proxy = request.getfixturevalue(f"proxy_{name}")
+    via = proxy.client(backend.access_key, backend.secret_key)
+    bucket = f"{request.module.__name__.removeprefix('test_')[:20]}-{uuid.uuid4().hex[:10]}"
+    bucket = bucket.replace("_", "-").lower()
+    via.create_bucket(Bucket=bucket)
+    return Stack(name, backend, proxy, via, backend.client(), bucket)

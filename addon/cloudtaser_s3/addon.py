@@ -11,19 +11,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import html
 import logging
 import os
 import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from urllib.parse import quote
-from xml.sax.saxutils import escape as xml_escape
 
 from mitmproxy import ctx, http
 from mitmproxy.net.http import url as mitm_url
 
-from . import awschunked, config, copying, envelope, etags, ranges, sigv4, uploads
+from . import awschunked, config, copying, envelope, etags, ranges, s3xml, sigv4, uploads
 from . import layout as layout_mod
 from .awschunked import ChunkedDecoder, ChunkSigning
 from .checksums import PlaintextDigests, checksum_headers
@@ -112,17 +110,6 @@ def _has_body(req: http.Request) -> bool:
         return int(req.headers.get("content-length", "0")) > 0
     except ValueError:
         return True
-
-
-def xml_text(text: str, tag: str) -> str | None:
-    m = re.search(rf"<{tag}>([^<]*)</{tag}>", text)
-    # html.unescape: stores write entities differently (Go's encoder writes &#34; for ").
-    return html.unescape(m.group(1)) if m else None
-
-
-def xml_replace(text: str, tag: str, value: str) -> str:
-    new = f"<{tag}>{xml_escape(value)}</{tag}>"
-    return re.sub(rf"<{tag}>[^<]*</{tag}>", lambda _: new, text, count=1)
 
 
 def _plain_size(stored: int) -> int:
@@ -781,18 +768,8 @@ class CloudTaser:
         except S3Error as e:
             flow.response = self._error_response(e, state.request.resource)
             return
-        text = body.decode("utf-8", errors="replace")
-        text = re.sub(r"<(Checksum[A-Za-z0-9]*)>[^<]*</\1>", "", text)
-        text = re.sub(
-            r"<ETag>([^<]*)</ETag>",
-            lambda m: (
-                "<ETag>"
-                + xml_escape(etags.to_store(html.unescape(m.group(1))), {'"': "&quot;"})
-                + "</ETag>"
-            ),
-            text,
-        )
-        flow.request.content = text.encode("utf-8")
+        text = s3xml.strip_checksums(body.decode("utf-8", errors="replace"))
+        flow.request.content = s3xml.map_all(text, "ETag", etags.to_store).encode("utf-8")
 
     # ---------------------------------------------------------------- response side
 
@@ -1151,19 +1128,19 @@ class CloudTaser:
 
         def entry(m: re.Match) -> str:
             block = m.group(0)
-            etag = xml_text(block, "ETag")
-            size_text = xml_text(block, "Size")
+            etag = s3xml.text_of(block, "ETag")
+            size_text = s3xml.text_of(block, "Size")
             if etag is None or size_text is None or not size_text.isdigit():
                 return block
-            block = xml_replace(block, "ETag", etags.to_client(etag))
+            block = s3xml.replace_first(block, "ETag", etags.to_client(etag))
             if layout_mod.multipart_parts(etag) is None:
                 plain = _plain_size(int(size_text))
             else:
-                layout = self.layouts.get(bucket, xml_text(block, "Key") or "", etag)
+                layout = self.layouts.get(bucket, s3xml.text_of(block, "Key") or "", etag)
                 if layout is None:
                     return block
                 plain = layout.plaintext_length
-            return xml_replace(block, "Size", str(plain))
+            return s3xml.replace_first(block, "Size", str(plain))
 
         text = resp.get_text(strict=False) or ""
         resp.text = re.sub(r"<(Contents|Version)>.*?</\1>", entry, text, flags=re.S)
@@ -1184,29 +1161,16 @@ class CloudTaser:
         if op == "CreateMultipartUpload":
             assert state.upload is not None
             token, dek = state.upload
-            upstream = xml_text(text, "UploadId")
+            upstream = s3xml.text_of(text, "UploadId")
             if upstream is None:
                 raise ValueError("no UploadId in CreateMultipartUpload response")
             client_id = replace(token, upstream_id=upstream).encode(dek)
-            text = xml_replace(text, "UploadId", client_id)
+            text = s3xml.replace_first(text, "UploadId", client_id)
         elif op == "ListParts":
-            text = xml_replace(text, "UploadId", state.notes.get("client_upload_id", ""))
-            text = re.sub(
-                r"<Size>(\d+)</Size>",
-                lambda m: f"<Size>{_plain_size(int(m.group(1)))}</Size>",
-                text,
-            )
-            text = re.sub(
-                r"<ETag>([^<]*)</ETag>",
-                lambda m: (
-                    "<ETag>"
-                    + xml_escape(etags.to_client(html.unescape(m.group(1))), {'"': "&quot;"})
-                    + "</ETag>"
-                ),
-                text,
-            )
-        text = re.sub(r"<(Checksum[A-Za-z0-9]*)>[^<]*</\1>", "", text)
-        resp.text = text
+            text = s3xml.replace_first(text, "UploadId", state.notes.get("client_upload_id", ""))
+            text = s3xml.map_all(text, "Size", lambda v: str(_plain_size(int(v))))
+            text = s3xml.map_all(text, "ETag", etags.to_client)
+        resp.text = s3xml.strip_checksums(text)
 
     def error(self, flow: http.HTTPFlow) -> None:
         state: FlowState | None = flow.metadata.get(STATE)

@@ -88,24 +88,21 @@ class ChunkedDecoder:
         del self._buf[: end + 2]
         return line
 
-    def _chunk_signature_ok(self, claimed: str, digest: str) -> None:
-        if self._signing is None:
-            return
+    def _check(self, claimed: str, algorithm: str, *digests: str) -> str:
+        """The signature chained from the previous one over ``digests``; raises unless it is
+        the one claimed (compared in constant time)."""
         s = self._signing
-        to_sign = "\n".join(
-            (
-                "AWS4-HMAC-SHA256-PAYLOAD",
-                s.amz_date,
-                s.scope,
-                self._previous,
-                EMPTY_SHA256,
-                digest,
-            )
-        )
+        assert s is not None
+        to_sign = "\n".join((algorithm, s.amz_date, s.scope, self._previous, *digests))
         expected = hmac.new(s.signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
         if not hmac.compare_digest(expected, claimed):
             raise _signature_error()
-        self._previous = expected
+        return expected
+
+    def _chunk_signature_ok(self, claimed: str, digest: str) -> None:
+        if self._signing is None:
+            return
+        self._previous = self._check(claimed, "AWS4-HMAC-SHA256-PAYLOAD", EMPTY_SHA256, digest)
 
     def _start_chunk(self, line: str) -> None:
         size_text, _, ext = line.partition(";")
@@ -192,19 +189,8 @@ class ChunkedDecoder:
             if self._trailer_signature is None:
                 raise _incomplete("the trailer is not signed")
             canonical = "".join(f"{n}:{v}\n" for n, v in self._trailer_lines)
-            s = self._signing
-            to_sign = "\n".join(
-                (
-                    "AWS4-HMAC-SHA256-TRAILER",
-                    s.amz_date,
-                    s.scope,
-                    self._previous,
-                    hashlib.sha256(canonical.encode()).hexdigest(),
-                )
-            )
-            expected = hmac.new(s.signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
-            if not hmac.compare_digest(expected, self._trailer_signature):
-                raise _signature_error()
+            digest = hashlib.sha256(canonical.encode()).hexdigest()
+            self._check(self._trailer_signature, "AWS4-HMAC-SHA256-TRAILER", digest)
         self.done = True
 
     def finish(self) -> None:

@@ -90,21 +90,28 @@ class SealingStream:
         return tail
 
 
-class OpeningStream:
-    """Decrypts a stored body as it streams to the client; aborts on the first bad byte."""
+class _Opening:
+    """What decrypting streams share: the first failure is reported once, then all is dropped."""
 
-    def __init__(self, opener: BodyOpener, expected_plaintext: int | None, on_failure: Failure):
-        self._opener = opener
-        self._expected = expected_plaintext
+    def __init__(self, on_failure: Failure):
         self._on_failure = on_failure
         self.failed = False
-        self.ended = False
 
     def _fail(self, reason: str) -> bytes:
         self.failed = True
         log.error("refusing to serve object data: %s", reason)
         self._on_failure(S3Error("InternalError", reason, 500))
         return b""
+
+
+class OpeningStream(_Opening):
+    """Decrypts a stored body as it streams to the client; aborts on the first bad byte."""
+
+    def __init__(self, opener: BodyOpener, expected_plaintext: int | None, on_failure: Failure):
+        super().__init__(on_failure)
+        self._opener = opener
+        self._expected = expected_plaintext
+        self.ended = False
 
     def __call__(self, data: bytes) -> bytes:
         if self.failed:
@@ -161,23 +168,15 @@ class PlaintextGuard:
         return head
 
 
-class RangeOpeningStream:
+class RangeOpeningStream(_Opening):
     """Opens the segments that cover a plaintext range and passes on exactly that range."""
 
     def __init__(self, plan: RangePlan, opener: SegmentRunOpener, on_failure: Failure):
-        self._plan = plan
+        super().__init__(on_failure)
         self._opener = opener
-        self._on_failure = on_failure
         self._skip_stored = plan.skip_stored
         self._skip_plain = plan.skip_plain
         self._left = plan.length
-        self.failed = False
-
-    def _fail(self, reason: str) -> bytes:
-        self.failed = True
-        log.error("refusing to serve object data: %s", reason)
-        self._on_failure(S3Error("InternalError", reason, 500))
-        return b""
 
     def __call__(self, data: bytes) -> bytes:
         if self.failed:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 
 import botocore.exceptions
 import pytest
@@ -16,14 +15,9 @@ from cloudtaser_s3 import envelope
 MiB = 2**20
 
 
-@pytest.fixture(scope="module", params=["moto", "seaweedfs"])
-def env(request):
-    backend = request.getfixturevalue("moto_s3" if request.param == "moto" else "seaweedfs")
-    proxy = request.getfixturevalue(f"proxy_{request.param}")
-    via = proxy.client(backend.access_key, backend.secret_key)
-    bucket = f"cp-{uuid.uuid4().hex[:12]}"
-    via.create_bucket(Bucket=bucket)
-    return via, backend, bucket
+@pytest.fixture(scope="module")
+def env(stack):
+    return stack.via, stack.backend, stack.bucket
 
 
 def at_rest(backend, bucket, key):

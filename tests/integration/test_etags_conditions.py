@@ -5,21 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import botocore.exceptions
 import pytest
 
 
-@pytest.fixture(scope="module", params=["moto", "seaweedfs"])
-def env(request):
-    backend = request.getfixturevalue("moto_s3" if request.param == "moto" else "seaweedfs")
-    proxy = request.getfixturevalue(f"proxy_{request.param}")
-    via = proxy.client(backend.access_key, backend.secret_key)
-    bucket = f"etag-{uuid.uuid4().hex[:12]}"
-    via.create_bucket(Bucket=bucket)
-    return via, bucket
+@pytest.fixture(scope="module")
+def env(stack):
+    return stack.via, stack.bucket
 
 
 def status_of(call) -> int:

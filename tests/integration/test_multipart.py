@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import botocore.exceptions
@@ -18,14 +17,9 @@ from cloudtaser_s3 import envelope, uploads
 MiB = 2**20
 
 
-@pytest.fixture(scope="module", params=["moto", "seaweedfs"])
-def env(request):
-    backend = request.getfixturevalue("moto_s3" if request.param == "moto" else "seaweedfs")
-    proxy = request.getfixturevalue(f"proxy_{request.param}")
-    via = proxy.client(backend.access_key, backend.secret_key)
-    bucket = f"mp-{uuid.uuid4().hex[:12]}"
-    via.create_bucket(Bucket=bucket)
-    return via, backend, bucket, request.param
+@pytest.fixture(scope="module")
+def env(stack):
+    return stack.via, stack.backend, stack.bucket, stack.name
 
 
 def upload_parts(via, bucket, key, parts: list[bytes], order=None, clients=None):

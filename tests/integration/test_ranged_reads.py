@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 
 import botocore.exceptions
 import pytest
@@ -13,13 +12,9 @@ import pytest
 SIZE = 9 * 2**20 + 12345  # over boto3's 8 MiB threshold: download_file uses ranged GETs
 
 
-@pytest.fixture(scope="module", params=["moto", "seaweedfs"])
-def obj(request):
-    backend = request.getfixturevalue("moto_s3" if request.param == "moto" else "seaweedfs")
-    proxy = request.getfixturevalue(f"proxy_{request.param}")
-    via = proxy.client(backend.access_key, backend.secret_key)
-    bucket = f"rng-{uuid.uuid4().hex[:12]}"
-    via.create_bucket(Bucket=bucket)
+@pytest.fixture(scope="module")
+def obj(stack):
+    via, backend, bucket = stack.via, stack.backend, stack.bucket
     data = os.urandom(SIZE)
     via.put_object(Bucket=bucket, Key="big object", Body=data)
     backend.client().put_object(Bucket=bucket, Key="legacy", Body=data[:200_000])

@@ -14,21 +14,14 @@ import uuid
 import pytest
 
 from cloudtaser_s3 import envelope
-from cloudtaser_s3.localservers import s3_client
 
 SIZES = [0, 1, 65535, 65536, 65537, 3 * 2**20 + 17]
 
 
-@pytest.fixture(params=["moto", "seaweedfs"], scope="module")
-def stack(request):
+@pytest.fixture(scope="module")
+def env(stack):
     """(proxy client, direct client, bucket) for one backend."""
-    backend = request.getfixturevalue("moto_s3" if request.param == "moto" else "seaweedfs")
-    proxy = request.getfixturevalue(f"proxy_{request.param}")
-    via = proxy.client(backend.access_key, backend.secret_key)
-    direct = s3_client(backend.endpoint, backend.access_key, backend.secret_key)
-    bucket = f"rt-{uuid.uuid4().hex[:12]}"
-    via.create_bucket(Bucket=bucket)
-    return via, direct, bucket
+    return stack.via, stack.direct, stack.bucket
 
 
 def stored(direct, bucket, key):
@@ -37,8 +30,8 @@ def stored(direct, bucket, key):
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_round_trip_and_ciphertext_at_rest(stack, size):
-    via, direct, bucket = stack
+def test_round_trip_and_ciphertext_at_rest(env, size):
+    via, direct, bucket = env
     data = os.urandom(size)
     key = f"objects/size {size}"
     via.put_object(Bucket=bucket, Key=key, Body=data)
@@ -59,8 +52,8 @@ def test_round_trip_and_ciphertext_at_rest(stack, size):
 
 
 @pytest.mark.slow
-def test_a_100_mib_object_round_trips(stack, tmp_path):
-    via, direct, bucket = stack
+def test_a_100_mib_object_round_trips(env, tmp_path):
+    via, direct, bucket = env
     size = 100 * 2**20
     path = tmp_path / "big"
     block = os.urandom(2**20)
@@ -86,14 +79,14 @@ def test_a_100_mib_object_round_trips(stack, tmp_path):
 @pytest.mark.parametrize(
     "key", ["with space", "plus+sign", "unicode-€-ü", "percent%20literal", "dir//double/slash"]
 )
-def test_awkward_keys_round_trip(stack, key):
-    via, _, bucket = stack
+def test_awkward_keys_round_trip(env, key):
+    via, _, bucket = env
     via.put_object(Bucket=bucket, Key=key, Body=b"payload " + key.encode())
     assert via.get_object(Bucket=bucket, Key=key)["Body"].read() == b"payload " + key.encode()
 
 
-def test_client_cannot_set_the_proxys_metadata(stack):
-    via, direct, bucket = stack
+def test_client_cannot_set_the_proxys_metadata(env):
+    via, direct, bucket = env
     via.put_object(
         Bucket=bucket,
         Key="forged",
@@ -107,8 +100,8 @@ def test_client_cannot_set_the_proxys_metadata(stack):
     assert via.get_object(Bucket=bucket, Key="forged")["Body"].read() == b"x"
 
 
-def test_head_object_shows_the_cloudtaser_headers(stack):
-    via, _, bucket = stack
+def test_head_object_shows_the_cloudtaser_headers(env):
+    via, _, bucket = env
     via.put_object(Bucket=bucket, Key="h", Body=b"hello")
     head = via.head_object(Bucket=bucket, Key="h")
     assert head["ContentLength"] == 5
@@ -116,8 +109,8 @@ def test_head_object_shows_the_cloudtaser_headers(stack):
     assert head["Metadata"]["cloudtaser-key"] == "s3-dek-wrapper"
 
 
-def test_each_object_gets_its_own_data_key(stack):
-    via, direct, bucket = stack
+def test_each_object_gets_its_own_data_key(env):
+    via, direct, bucket = env
     via.put_object(Bucket=bucket, Key="a", Body=b"same")
     via.put_object(Bucket=bucket, Key="b", Body=b"same")
     (body_a, meta_a), (body_b, meta_b) = stored(direct, bucket, "a"), stored(direct, bucket, "b")
@@ -126,8 +119,8 @@ def test_each_object_gets_its_own_data_key(stack):
     assert body_a != body_b
 
 
-def test_user_metadata_and_content_type_survive(stack):
-    via, _, bucket = stack
+def test_user_metadata_and_content_type_survive(env):
+    via, _, bucket = env
     via.put_object(
         Bucket=bucket, Key="m", Body=b"{}", ContentType="application/json", Metadata={"a": "1"}
     )
@@ -137,8 +130,8 @@ def test_user_metadata_and_content_type_survive(stack):
     assert got["Body"].read() == b"{}"
 
 
-def test_pass_through_operations(stack):
-    via, _, bucket = stack
+def test_pass_through_operations(env):
+    via, _, bucket = env
     via.put_object(Bucket=bucket, Key="p/1", Body=b"1")
     via.put_object(Bucket=bucket, Key="p/2", Body=b"22")
     assert bucket in [b["Name"] for b in via.list_buckets()["Buckets"]]
@@ -154,8 +147,8 @@ def test_pass_through_operations(stack):
     assert via.list_objects_v2(Bucket=bucket, Prefix="p/")["KeyCount"] == 0
 
 
-def test_create_and_delete_bucket(stack):
-    via, direct, _ = stack
+def test_create_and_delete_bucket(env):
+    via, direct, _ = env
     name = f"tmp-{uuid.uuid4().hex[:12]}"
     via.create_bucket(Bucket=name)
     direct.head_bucket(Bucket=name)
@@ -163,8 +156,8 @@ def test_create_and_delete_bucket(stack):
     assert name not in [b["Name"] for b in direct.list_buckets()["Buckets"]]
 
 
-def test_bucket_and_object_configuration_passes_through_re_signed(stack):
-    via, _, bucket = stack
+def test_bucket_and_object_configuration_passes_through_re_signed(env):
+    via, _, bucket = env
     via.put_object(Bucket=bucket, Key="tagged", Body=b"t")
     via.put_object_tagging(
         Bucket=bucket, Key="tagged", Tagging={"TagSet": [{"Key": "team", "Value": "a"}]}

@@ -1,0 +1,45 @@
+"""The few edits the proxy makes to S3's small XML bodies (listings, part lists, upload ids).
+
+Regular expressions over the text rather than a parser: the elements are flat, and the rest of
+the document must reach the client exactly as the store wrote it.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Callable
+from xml.sax.saxutils import escape
+
+_CHECKSUMS = re.compile(r"<(Checksum[A-Za-z0-9]*)>[^<]*</\1>")
+
+
+def text_of(text: str, tag: str) -> str | None:
+    """The first ``<tag>`` value, unescaped (html.unescape: stores write entities differently;
+    Go's encoder writes &#34; for a quote)."""
+    m = re.search(rf"<{tag}>([^<]*)</{tag}>", text)
+    return html.unescape(m.group(1)) if m else None
+
+
+_QUOTE = {'"': "&quot;"}
+
+
+def _element(tag: str, value: str) -> str:
+    return f"<{tag}>{escape(value, _QUOTE)}</{tag}>"
+
+
+def replace_first(text: str, tag: str, value: str) -> str:
+    new = _element(tag, value)
+    return re.sub(rf"<{tag}>[^<]*</{tag}>", lambda _: new, text, count=1)
+
+
+def map_all(text: str, tag: str, fn: Callable[[str], str]) -> str:
+    """Every ``<tag>`` value passed through ``fn`` (unescaped in, escaped out)."""
+    return re.sub(
+        rf"<{tag}>([^<]*)</{tag}>", lambda m: _element(tag, fn(html.unescape(m.group(1)))), text
+    )
+
+
+def strip_checksums(text: str) -> str:
+    """Checksum elements describe the other side's bytes (plaintext or ciphertext)."""
+    return _CHECKSUMS.sub("", text)

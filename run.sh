@@ -49,6 +49,7 @@ case "$cmd" in
     test)
         shift
         ensure_venv
+        bash "$here/tests/clients/install.sh"   # the AWS CLI v2 and the Node SDK for client tests
         "$venv/bin/ruff" check addon tests bench
         exec "$venv/bin/python" -m pytest "$@"
         ;;

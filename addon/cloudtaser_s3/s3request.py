@@ -67,11 +67,12 @@ def virtual_host_bucket(host_header: str, domains: tuple[str, ...]) -> str | Non
 
 def query_names(raw_query: str) -> dict[str, str]:
     """Query parameters that choose an operation: presigned-URL parameters (X-Amz-*) are
-    authentication, not sub-resources, and are left out."""
+    authentication, and ``x-id`` (the Go and JS SDKs name the operation with it) is a label;
+    neither is a sub-resource, so both are left out."""
     return {
         k: v
         for k, v in parse_qsl(raw_query, keep_blank_values=True)
-        if not k.lower().startswith("x-amz-")
+        if not k.lower().startswith("x-amz-") and k != "x-id"
     }
 
 

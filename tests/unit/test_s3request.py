@@ -92,3 +92,10 @@ def test_presigned_url_parameters_do_not_change_the_operation():
     q = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=a&X-Amz-Signature=b"
     assert op("PUT", "/b/k", q).operation == "PutObject"
     assert op("PUT", "/b/k", q + "&partNumber=1&uploadId=u").operation == "UploadPart"
+
+
+def test_the_sdks_x_id_label_is_not_a_sub_resource():
+    assert op("PUT", "/b/k", "x-id=PutObject").operation == "PutObject"
+    assert op("GET", "/b/k", "x-id=GetObject").operation == "GetObject"
+    part = op("PUT", "/b/k", "x-id=UploadPart&partNumber=2&uploadId=u")
+    assert part.operation == "UploadPart"

@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from urllib.parse import quote
+from urllib.parse import quote, unquote_plus
 
 from mitmproxy import ctx, http
 from mitmproxy.net.http import url as mitm_url
@@ -55,7 +55,9 @@ log = logging.getLogger("cloudtaser")
 
 STATE = "cloudtaser"
 LISTINGS = ("ListObjects", "ListObjectsV2", "ListObjectVersions")
-MAX_PART_LIST = 4 * 2**20  # 10,000 parts with checksums fit in well under this
+MAX_PART_LIST = 4 * 2**20
+MAX_LISTING_PROBES = 200  # multipart objects whose layout one listing may ask the store for
+LISTING_PROBE_CONCURRENCY = 8  # 10,000 parts with checksums fit in well under this
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 # mitmproxy options that would buffer or re-stream bodies behind our back (ENGINEERING.md).
 _FORBIDDEN_OPTIONS = ("stream_large_bodies", "body_size_limit", "store_streamed_bodies")
@@ -110,6 +112,20 @@ def _has_body(req: http.Request) -> bool:
         return int(req.headers.get("content-length", "0")) > 0
     except ValueError:
         return True
+
+
+_LISTED = re.compile(r"<(Contents|Version)>.*?</\1>", re.S)
+
+
+def _listed_entries(text: str) -> list[str]:
+    return [m.group(0) for m in _LISTED.finditer(text)]
+
+
+def _listed_key(flow: http.HTTPFlow, key: str) -> str:
+    """Listing keys are URL-encoded when the client asked for encoding-type=url."""
+    if flow.request.query.get("encoding-type") == "url":
+        return unquote_plus(key)
+    return key
 
 
 def _plain_size(stored: int) -> int:
@@ -1097,7 +1113,7 @@ class CloudTaser:
         dek = await self._unwrap(wrapped, key_name, state)
         return ObjectKeyMaterial(dek, salt, state.request.key)
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    async def response(self, flow: http.HTTPFlow) -> None:
         state: FlowState | None = flow.metadata.get(STATE)
         if state is None or flow.response is None or INJECTED in flow.metadata:
             return
@@ -1108,12 +1124,45 @@ class CloudTaser:
             return
         try:
             if state.request.operation in LISTINGS:
+                await self._learn_listed_layouts(flow, state)
                 self._rewrite_listing(flow)
             else:
                 self._rewrite_upload_response(flow, state)
         except Exception:
             log.exception("cloudtaser: rewriting a multipart response failed")
             flow.response = self._error_response(internal_error(), state.request.resource)
+
+    async def _learn_listed_layouts(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """Learn the layout of listed multipart objects the proxy has not seen yet (two small
+        HEADs each for the usual equal-sized parts), so listings show plaintext sizes and sync
+        tools do not upload unchanged files again. Bounded per listing; what is left over is
+        shown at its stored size."""
+        resp = flow.response
+        assert resp is not None
+        if resp.status_code != 200:
+            return
+        bucket = state.request.bucket or ""
+        wanted = []
+        for block in _listed_entries(resp.get_text(strict=False) or ""):
+            etag, size, key = (s3xml.text_of(block, t) for t in ("ETag", "Size", "Key"))
+            if etag is None or key is None or size is None or not size.isdigit():
+                continue
+            key = _listed_key(flow, key)
+            if layout_mod.multipart_parts(etag) and self.layouts.get(bucket, key, etag) is None:
+                wanted.append((key, etag, int(size)))
+        gate = asyncio.Semaphore(LISTING_PROBE_CONCURRENCY)
+
+        async def learn(key: str, etag: str, size: int) -> None:
+            probe = FlowState(
+                S3Request("HeadObject", Action.HEAD, bucket, key), access_key=state.access_key
+            )
+            async with gate:
+                try:
+                    await self._layout(probe, etag, size)
+                except S3Error as e:
+                    log.info("cloudtaser: layout of listed %s/%s unknown: %s", bucket, key, e)
+
+        await asyncio.gather(*(learn(*w) for w in wanted[:MAX_LISTING_PROBES]))
 
     def _rewrite_listing(self, flow: http.HTTPFlow) -> None:
         """Listings show plaintext sizes for single-part objects (so sync tools see the sizes
@@ -1136,14 +1185,15 @@ class CloudTaser:
             if layout_mod.multipart_parts(etag) is None:
                 plain = _plain_size(int(size_text))
             else:
-                layout = self.layouts.get(bucket, s3xml.text_of(block, "Key") or "", etag)
+                key = _listed_key(flow, s3xml.text_of(block, "Key") or "")
+                layout = self.layouts.get(bucket, key, etag)
                 if layout is None:
                     return block
                 plain = layout.plaintext_length
             return s3xml.replace_first(block, "Size", str(plain))
 
         text = resp.get_text(strict=False) or ""
-        resp.text = re.sub(r"<(Contents|Version)>.*?</\1>", entry, text, flags=re.S)
+        resp.text = _LISTED.sub(entry, text)
 
     def _rewrite_upload_response(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """Multipart responses name the store's upload id and ciphertext sizes and checksums;

@@ -109,15 +109,6 @@ def test_check_finds_no_differences(rclone: Rclone, stack, tmp_path: Path) -> No
 @pytest.mark.parametrize(
     "stack", ["seaweedfs"], indirect=True
 )  # the proxy's listing, not the store's
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "rclone check compares local sizes with ListObjectsV2 sizes, and the proxy lists a "
-        "multipart object at its ciphertext size until it has learnt the object's part layout "
-        "(by a HEAD or GET through it; README: ListObjects): 'sizes differ'"
-    ),
-)
 def test_check_with_a_multipart_object(rclone: Rclone, stack, tmp_path: Path) -> None:
     bucket = new_bucket(stack, "rclone-check-mp")
     data = write_random(tmp_path / "src" / "part.bin", 8 * MiB + 70_000)

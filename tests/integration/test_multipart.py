@@ -200,3 +200,20 @@ def test_get_and_head_with_part_number(env):
         head = via.head_object(Bucket=bucket, Key="by-part", PartNumber=n)
         assert head["ContentLength"] == len(part)
         offset += len(part)
+
+
+def test_a_proxy_that_never_saw_the_object_streams_it_and_lists_its_size(env, proxy_factory):
+    via, backend, bucket, _ = env
+    parts = [os.urandom(5 * MiB), os.urandom(5 * MiB), os.urandom(77)]
+    upload_parts(via, bucket, "unseen", parts)
+    data = b"".join(parts)
+
+    fresh = proxy_factory(backend).client(backend.access_key, backend.secret_key)
+    got = fresh.get_object(Bucket=bucket, Key="unseen")
+    assert got["ContentLength"] == len(data)  # S3 always sends one: the layout is learnt first
+    assert got["Body"].read() == data
+
+    other = proxy_factory(backend).client(backend.access_key, backend.secret_key)
+    listed = other.list_objects_v2(Bucket=bucket, Prefix="unseen")["Contents"]
+    assert listed[0]["Size"] == len(data)  # learnt for the listing
+    assert other.get_object(Bucket=bucket, Key="unseen")["ContentLength"] == len(data)

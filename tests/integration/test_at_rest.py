@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import boto3
 import botocore.exceptions
@@ -20,20 +22,38 @@ SEG = envelope.SEGMENT_STORED
 HDR = envelope.HEADER_LEN
 
 
+@dataclass
+class Env:
+    """Unpacks as (client through the proxy, client to moto, bucket); ``fresh()`` makes another
+    proxy client with a connection pool of its own."""
+
+    fresh: Callable[[], object]
+    direct: object
+    bucket: str
+
+    def __post_init__(self) -> None:
+        self.via = self.fresh()
+
+    def __iter__(self):
+        return iter((self.via, self.direct, self.bucket))
+
+
 @pytest.fixture(scope="module")
 def env(proxy_moto, moto_s3):
-    via = boto3.client(
-        "s3",
-        endpoint_url=proxy_moto.endpoint,
-        aws_access_key_id=moto_s3.access_key,
-        aws_secret_access_key=moto_s3.secret_key,
-        region_name="us-east-1",
-        config=Config(retries={"total_max_attempts": 1}, read_timeout=20),
-    )
+    def fresh():
+        return boto3.client(
+            "s3",
+            endpoint_url=proxy_moto.endpoint,
+            aws_access_key_id=moto_s3.access_key,
+            aws_secret_access_key=moto_s3.secret_key,
+            region_name="us-east-1",
+            config=Config(retries={"total_max_attempts": 1}, read_timeout=20),
+        )
+
     direct = moto_s3.client()
     bucket = f"rest-{uuid.uuid4().hex[:12]}"
     direct.create_bucket(Bucket=bucket)
-    return via, direct, bucket
+    return Env(fresh, direct, bucket)
 
 
 def put_encrypted(env, key, size=3 * 65536 + 100):
@@ -50,8 +70,9 @@ def rewrite(env, key, body, metadata):
 
 
 def read_via_proxy(env, key):
-    """(bytes received, error or None)."""
-    via, _, bucket = env
+    """(bytes received, error or None). A fresh client each time: the proxy resets connections
+    that carried a damaged object, and a pooled one could be reused before the reset arrives."""
+    via, bucket = env.fresh(), env.bucket
     got = bytearray()
     try:
         body = via.get_object(Bucket=bucket, Key=key)["Body"]

@@ -312,7 +312,7 @@ def test_upstream_dropping_the_connection_mid_download(proxy_factory, seaweedfs,
     try:
         proxy = proxy_factory(seaweedfs, S3_ENDPOINT=fault.url)
         via = no_retry_client(proxy, seaweedfs)
-        data = os.urandom(32 * 2**20)
+        data = os.urandom(64 * 2**20)  # far more than socket buffers hold in flight
         via.put_object(Bucket=bucket, Key="download-drop", Body=data)
         received = bytearray()
         with pytest.raises(botocore.exceptions.BotoCoreError):

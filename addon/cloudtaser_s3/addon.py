@@ -286,10 +286,17 @@ class CloudTaser:
             error.code,
             error.status,
         )
-        if _has_body(flow.request):
-            self.refusals.route(flow, error, resource)
-        else:
+        if not _has_body(flow.request):
             flow.response = self._error_response(error, resource)
+            return
+        try:
+            self.refusals.route(flow, error, resource)
+        except Exception:
+            # Without the responder there is no way to answer without reading the body into
+            # memory; the one safe end left is dropping the connection. A hook that raised here
+            # would make mitmproxy forward the request as it came.
+            log.exception("cloudtaser: cannot route a refusal; closing the connection")
+            flow.kill()
 
     @staticmethod
     def _error_response(error: S3Error, resource: str) -> http.Response:
@@ -760,7 +767,11 @@ class CloudTaser:
         if state is None or flow.response or INJECTED in flow.metadata:
             return
         if state.body_digests is not None:
-            self._check_part_list(flow, state)
+            try:
+                self._check_part_list(flow, state)
+            except Exception:
+                log.exception("cloudtaser: checking a part list failed")
+                flow.response = self._error_response(internal_error(), state.request.resource)
             return
         if state.sealing is None:
             return
@@ -797,11 +808,17 @@ class CloudTaser:
             if "etag" in flow.response.headers:
                 flow.response.headers["etag"] = etags.to_client(flow.response.headers["etag"])
             await self._prepare_response(flow, state)
-        except S3Error as e:
-            self._replace_response(flow, state, e)
-        except Exception:
-            log.exception("cloudtaser: response hook failed")
-            self._replace_response(flow, state, internal_error())
+        except Exception as e:
+            if not isinstance(e, S3Error):
+                log.exception("cloudtaser: response hook failed")
+            try:
+                self._replace_response(
+                    flow, state, e if isinstance(e, S3Error) else internal_error()
+                )
+            except Exception:
+                # Never let the stored body through unexamined: drop both connections.
+                log.exception("cloudtaser: cannot answer with an error; closing the connection")
+                close_both(flow)
 
     def _replace_response(self, flow: http.HTTPFlow, state: FlowState, error: S3Error) -> None:
         """Turn a response whose headers arrived into an S3 error; its body is dropped.

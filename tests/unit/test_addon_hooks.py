@@ -231,3 +231,15 @@ def test_an_unknown_format_is_turned_into_an_error_without_reading_the_body_into
     body = f.response.stream(b"ciphertext chunk") + f.response.stream(b"more")
     assert b"<Code>InvalidObjectState</Code>" in body
     assert int(f.response.headers["content-length"]) == len(body)
+
+
+def test_a_refusal_that_cannot_be_routed_kills_the_flow_instead_of_forwarding_it():
+    async def scenario(ct):
+        await ct.refusals.stop()  # as if the local responder were gone
+        f = signed_flow("PUT", "/bucket/key?partNumber=1&uploadId=u", body=b"x" * 1000)
+        await ct.requestheaders(f)
+        return f
+
+    f = run(scenario)
+    assert f.error is not None and f.error.msg == "Connection killed."
+    assert (f.request.host, f.request.port) == UPSTREAM  # untouched, and never sent: killed

@@ -5,11 +5,15 @@ It forwards byte for byte on 127.0.0.1 until told otherwise:
 - ``cut_upstream_after(n)``: after n more bytes towards the server, on whichever connection
   carries them, that connection is reset (a backend that drops the connection mid-body);
 - ``heal()``: back to forwarding.
+
+``requests`` lists the request lines ("GET /bucket/key HTTP/1.1") it has passed on, to count
+the round trips a proxy makes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import threading
 
@@ -25,6 +29,7 @@ class FaultProxy:
         self._open: set[socket.socket] = set()
         self._stopped = False
         self.cuts = 0
+        self.requests: list[str] = []
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
         self._thread.start()
 
@@ -86,12 +91,19 @@ class FaultProxy:
             self.cuts += 1
             return allowed
 
+    def _note_requests(self, data: bytes) -> None:
+        for line in _REQUEST_LINE.findall(data):
+            with self._lock:
+                self.requests.append(line.decode("latin-1"))
+
     def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                if upstream:
+                    self._note_requests(data)
                 allowed = self._take(len(data)) if upstream else None
                 if allowed is not None:
                     dst.sendall(data[:allowed])
@@ -105,6 +117,9 @@ class FaultProxy:
             with self._lock:
                 self._open.discard(src)
                 self._open.discard(dst)
+
+
+_REQUEST_LINE = re.compile(rb"(?:GET|HEAD|PUT|POST|DELETE) /\S* HTTP/1\.[01](?=\r\n)")
 
 
 def _reset(s: socket.socket) -> None:

@@ -47,6 +47,9 @@ from .streams import (
     PlaintextGuard,
     RangeOpeningStream,
     SealingStream,
+    chunk_safe,
+    set_chunked,
+    set_length,
 )
 from .transit import DataKey, Transit, VaultUnavailable, WrappedKeyInvalid
 from .upstream import Head, Store
@@ -503,7 +506,7 @@ class CloudTaser:
             del req.headers[name]
         req.headers.pop("transfer-encoding", None)
         req.headers["content-length"] = str(sealer.sealed_length)
-        req.stream = state.sealing
+        req.stream = chunk_safe(state.sealing)
 
     def _chunked_decoder(self, req: http.Request, state: FlowState) -> ChunkedDecoder:
         """A decoder for the aws-chunked body; the framing headers do not go upstream."""
@@ -837,7 +840,7 @@ class CloudTaser:
         resp.headers.clear()
         for name, value in {**error_headers(request_id, len(body)), **error.headers}.items():
             resp.headers[name] = value
-        resp.headers["content-length"] = str(len(body))
+        set_length(resp, len(body))
         state.error_body = body
         sent = False
 
@@ -848,7 +851,7 @@ class CloudTaser:
             sent = True
             return body
 
-        resp.stream = emit_once
+        resp.stream = chunk_safe(emit_once)
         log.info(
             "cloudtaser: %s %s answered %s", flow.request.method, state.request.resource, error.code
         )
@@ -887,17 +890,25 @@ class CloudTaser:
             # The object changed between learning its layout and reading it.
             self.layouts.forget(bucket, key)
             raise S3Error("SlowDown", "The object changed while it was read. Please retry.", 503)
+        if self._streams_unmeasured(state, etag):
+            material = await self._object_material(resp, state)
+            set_chunked(resp)
+            state.opening = OpeningStream(
+                envelope.BodyOpener(material), None, lambda error: close_both(flow)
+            )
+            resp.stream = chunk_safe(state.opening)
+            return
         layout = state.layout or await self._layout(state, etag, total)
         if state.part_number is not None:
             await self._serve_part(flow, state, layout, offset)
             return
         if action is Action.HEAD:
-            resp.headers["content-length"] = str(layout.plaintext_length)
+            set_length(resp, layout.plaintext_length)
             return
         material = await self._object_material(resp, state)
         on_failure = lambda error: close_both(flow)  # noqa: E731
         if state.range is None:
-            resp.headers["content-length"] = str(layout.plaintext_length)
+            set_length(resp, layout.plaintext_length)
             state.opening = OpeningStream(
                 envelope.BodyOpener(material, expected_plaintext=layout.plaintext_length),
                 layout.plaintext_length,
@@ -909,7 +920,23 @@ class CloudTaser:
                 raise self._unsatisfiable(resp, layout.plaintext_length)
             state.opening = RangeOpeningStream(plan, plan.opener(material), on_failure)
             self._as_partial(resp, plan.content_range, plan.length)
-        resp.stream = state.opening
+        resp.stream = chunk_safe(state.opening)
+
+    def _streams_unmeasured(self, state: FlowState, etag: str) -> bool:
+        """A whole GET of a multipart object whose layout is not cached needs no request to
+        the store: the part headers in the body say where parts end. Only its plaintext length
+        is unknown until the end, so it goes out chunked (unless the setting asks for the
+        layout first, for clients that insist on a Content-Length)."""
+        assert self.settings is not None
+        return (
+            state.request.action is Action.DECRYPT
+            and state.range is None
+            and state.part_number is None
+            and state.layout is None
+            and self.settings.multipart_get_length == "known"
+            and layout_mod.multipart_parts(etag) is not None
+            and self.layouts.get(state.request.bucket or "", state.request.key or "", etag) is None
+        )
 
     async def _serve_part(
         self, flow: http.HTTPFlow, state: FlowState, layout: Layout, offset: int
@@ -936,7 +963,7 @@ class CloudTaser:
                 "cannot be served through this store.",
                 501,
             )
-        resp.headers["content-length"] = str(part.plain_length)
+        set_length(resp, part.plain_length)
         if resp.status_code == 206 and part.plain_length:
             end = part.plain_offset + part.plain_length - 1
             resp.headers["content-range"] = (
@@ -950,7 +977,7 @@ class CloudTaser:
             part.plain_length,
             lambda error: close_both(flow),
         )
-        resp.stream = state.opening
+        resp.stream = chunk_safe(state.opening)
 
     async def _layout(self, state: FlowState, etag: str, total: int) -> Layout:
         """The object's part layout: trivial for a single part, else cached or asked for."""
@@ -1065,7 +1092,7 @@ class CloudTaser:
         resp.status_code = 206
         resp.reason = "Partial Content"
         resp.headers["content-range"] = content_range
-        resp.headers["content-length"] = str(length)
+        set_length(resp, length)
 
     @staticmethod
     def _unsatisfiable(resp: http.Response, plain_length: int | None = None) -> S3Error:
@@ -1113,7 +1140,7 @@ class CloudTaser:
                 start - offset, end - start + 1, guard if start == 0 else None
             )
             self._as_partial(resp, f"bytes {start}-{end}/{total}", end - start + 1)
-        resp.stream = state.opening
+        resp.stream = chunk_safe(state.opening)
 
     async def _object_material(self, resp: http.Response, state: FlowState) -> ObjectKeyMaterial:
         assert self.transit is not None and state.request.key is not None
@@ -1144,6 +1171,8 @@ class CloudTaser:
                 await self._learn_listed_layouts(flow, state)
                 self._rewrite_listing(flow)
             else:
+                if state.request.operation == "CompleteMultipartUpload":
+                    await self._learn_completed_layout(flow, state)
                 self._rewrite_upload_response(flow, state)
         except Exception:
             log.exception("cloudtaser: rewriting a multipart response failed")
@@ -1180,6 +1209,26 @@ class CloudTaser:
                     log.info("cloudtaser: layout of listed %s/%s unknown: %s", bucket, key, e)
 
         await asyncio.gather(*(learn(*w) for w in wanted[:MAX_LISTING_PROBES]))
+
+    async def _learn_completed_layout(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """Learn a new multipart object's layout while completing it (a HEAD of the object and
+        one or two of its parts), so this replica's reads of it carry a Content-Length."""
+        resp = flow.response
+        assert resp is not None
+        text = resp.get_text(strict=False) or ""
+        etag = s3xml.text_of(text, "ETag")
+        if resp.status_code != 200 or "<Error>" in text or etag is None:
+            return
+        probe = FlowState(
+            S3Request("HeadObject", Action.HEAD, state.request.bucket, state.request.key),
+            access_key=state.access_key,
+        )
+        try:
+            head = await self._head(probe, if_match=etag)
+            if head.status == 200 and head.content_length is not None:
+                await self._layout(probe, etags.to_store(etag), head.content_length)
+        except S3Error as e:
+            log.info("cloudtaser: layout of %s unknown: %s", state.request.resource, e.message)
 
     def _rewrite_listing(self, flow: http.HTTPFlow) -> None:
         """Listings show plaintext sizes for single-part objects (so sync tools see the sizes

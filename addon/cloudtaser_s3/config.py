@@ -24,6 +24,7 @@ DEFAULT_K8S_JWT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 AUTH_METHODS = ("kubernetes", "token")
 UPSTREAM_IDENTITIES = ("client", "proxy")
 PLAINTEXT_POLICIES = ("serve", "refuse")
+MULTIPART_GET_LENGTHS = ("known", "always")
 
 
 class ConfigError(ValueError):
@@ -75,6 +76,9 @@ class Settings:
     upstream_identity: str = "client"
     verify_signatures: bool = True
     plaintext_objects: str = "serve"
+    # Whole GET of a multipart object whose part layout is not cached: "known" streams it at
+    # once without a Content-Length; "always" first asks the store for the layout (1-3 HEADs).
+    multipart_get_length: str = "known"
     virtual_host_domains: tuple[str, ...] = ("localhost",)
     # Which of the two were set explicitly: mitmdump's own flags may fill in the others.
     listen_explicit: bool = False
@@ -280,6 +284,11 @@ def from_env(env: Mapping[str, str]) -> Settings:
             "CLOUDTASER_S3PROXY_PLAINTEXT_OBJECTS",
             _get(env, "CLOUDTASER_S3PROXY_PLAINTEXT_OBJECTS") or "serve",
             PLAINTEXT_POLICIES,
+        ),
+        multipart_get_length=parse_choice(
+            "CLOUDTASER_S3PROXY_MULTIPART_GET_LENGTH",
+            _get(env, "CLOUDTASER_S3PROXY_MULTIPART_GET_LENGTH") or "known",
+            MULTIPART_GET_LENGTHS,
         ),
         virtual_host_domains=parse_domains(
             "CLOUDTASER_S3PROXY_VIRTUAL_HOST_DOMAINS",

@@ -24,8 +24,8 @@ TOKEN_HEADER = "x-cloudtaser-refusal"
 _MAX_HEAD = 64 * 1024
 
 
-def _discard(_data: bytes) -> bytes:
-    return b""
+def _discard(_data: bytes) -> list[bytes]:
+    return []  # no chunks at all: an empty chunk would end a chunked body
 
 
 class RefusalResponder:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from mitmproxy import http
+
 from .awschunked import ChunkedDecoder
 from .checksums import PlaintextDigests
 from .envelope import MAGIC, BodyOpener, FormatError, PartSealer, SegmentRunOpener
@@ -25,6 +27,28 @@ from .s3errors import S3Error, internal_error
 log = logging.getLogger(__name__)
 
 Failure = Callable[[S3Error], None]
+
+
+Stream = Callable[[bytes], bytes]
+
+
+def chunk_safe(stream: Stream) -> Callable[[bytes], bytes | list[bytes]]:
+    """mitmproxy sends what a stream returns as one chunk, and an empty chunk of a chunked body
+    is its end: a stream with nothing to pass on yet must return no chunks at all, or a client
+    would take a body cut at a held-back segment for a complete one."""
+    return lambda data: stream(data) or []
+
+
+def set_length(message: http.Message, length: int) -> None:
+    """The body is sent with this Content-Length, never chunked (framing follows the headers)."""
+    message.headers.pop("transfer-encoding", None)
+    message.headers["content-length"] = str(length)
+
+
+def set_chunked(message: http.Message) -> None:
+    """The body's length is not known before it ends: it is sent chunked."""
+    message.headers.pop("content-length", None)
+    message.headers["transfer-encoding"] = "chunked"
 
 
 class SealingStream:

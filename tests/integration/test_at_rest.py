@@ -195,3 +195,57 @@ def test_plaintext_objects_can_be_refused(proxy_factory, moto_s3, env):
     assert e.value.response["Error"]["Code"] == "AccessDenied"
     strict.put_object(Bucket=bucket, Key="new", Body=b"encrypted")
     assert strict.get_object(Bucket=bucket, Key="new")["Body"].read() == b"encrypted"
+
+
+def rewrite_multipart(env, key, parts: list[bytes], metadata):
+    """Store ``parts`` as a multipart object with a new ETag, so no proxy knows its layout and a
+    whole GET streams it chunked, guided only by the part headers."""
+    _, direct, bucket = env
+    up = direct.create_multipart_upload(Bucket=bucket, Key=key, Metadata=metadata)
+    done = [
+        {
+            "PartNumber": n,
+            "ETag": direct.upload_part(
+                Bucket=bucket, Key=key, UploadId=up["UploadId"], PartNumber=n, Body=body
+            )["ETag"],
+        }
+        for n, body in enumerate(parts, 1)
+    ]
+    direct.complete_multipart_upload(
+        Bucket=bucket, Key=key, UploadId=up["UploadId"], MultipartUpload={"Parts": done}
+    )
+
+
+@pytest.mark.parametrize("damage", ["flip-in-last-part", "last-part-cut-short", "extra-part"])
+def test_a_damaged_multipart_object_streamed_without_a_length_is_cut(env, damage):
+    via, direct, bucket = env
+    key = f"mp-{damage}"
+    plain = [os.urandom(5 * 2**20), os.urandom(3 * 65536 + 7)]
+    up = via.create_multipart_upload(Bucket=bucket, Key=key)
+    done = [
+        {
+            "PartNumber": n,
+            "ETag": via.upload_part(
+                Bucket=bucket, Key=key, UploadId=up["UploadId"], PartNumber=n, Body=body
+            )["ETag"],
+        }
+        for n, body in enumerate(plain, 1)
+    ]
+    via.complete_multipart_upload(
+        Bucket=bucket, Key=key, UploadId=up["UploadId"], MultipartUpload={"Parts": done}
+    )
+    stored = direct.get_object(Bucket=bucket, Key=key)
+    body, meta = stored["Body"].read(), stored["Metadata"]
+    cut = envelope.sealed_part_length(len(plain[0]))
+    first, last = body[:cut], body[cut:]
+    if damage == "flip-in-last-part":
+        last = last[:-100] + bytes([last[-100] ^ 1]) + last[-99:]
+        parts = [first, last]
+    elif damage == "last-part-cut-short":
+        parts = [first, last[: HDR + SEG]]  # a whole segment missing from its end
+    else:
+        parts = [first, first, last]  # part 1 again: part numbers must strictly increase
+    rewrite_multipart(env, key, parts, meta)
+    got, error = read_via_proxy(env, key)
+    assert error is not None, "a damaged object was served as if whole"
+    assert got == b"".join(plain)[: len(got)]

@@ -48,8 +48,7 @@ def test_conditional_gets(env):
     earlier = datetime.now(UTC) - timedelta(days=1)
     assert status_of(lambda: via.get_object(Bucket=bucket, Key="c", IfModifiedSince=later)) == 304
     assert (
-        status_of(lambda: via.get_object(Bucket=bucket, Key="c", IfUnmodifiedSince=earlier))
-        == 412
+        status_of(lambda: via.get_object(Bucket=bucket, Key="c", IfUnmodifiedSince=earlier)) == 412
     )
     got = via.get_object(Bucket=bucket, Key="c", IfMatch=etag, Range="bytes=2-5")
     assert got["Body"].read() == b"ndit"

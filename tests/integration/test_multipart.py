@@ -7,10 +7,12 @@ from __future__ import annotations
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 import botocore.exceptions
 import pytest
 from boto3.s3.transfer import TransferConfig
+from faultproxy import FaultProxy
 
 from cloudtaser_s3 import envelope, uploads
 
@@ -202,18 +204,45 @@ def test_get_and_head_with_part_number(env):
         offset += len(part)
 
 
-def test_a_proxy_that_never_saw_the_object_streams_it_and_lists_its_size(env, proxy_factory):
+def test_a_whole_get_needs_no_request_besides_itself(env, proxy_factory):
+    """The part headers in the body say where parts end: a proxy that has never seen the
+    object streams it with its GET alone. Its plaintext length is known only at the end, so it
+    goes out chunked; the proxy that completed the upload learnt the layout then and sends a
+    Content-Length, as does any proxy set to ask first."""
     via, backend, bucket, _ = env
     parts = [os.urandom(5 * MiB), os.urandom(5 * MiB), os.urandom(77)]
     upload_parts(via, bucket, "unseen", parts)
     data = b"".join(parts)
-
-    fresh = proxy_factory(backend).client(backend.access_key, backend.secret_key)
-    got = fresh.get_object(Bucket=bucket, Key="unseen")
-    assert got["ContentLength"] == len(data)  # S3 always sends one: the layout is learnt first
+    got = via.get_object(Bucket=bucket, Key="unseen")
+    assert got["ContentLength"] == len(data)  # learnt while completing
     assert got["Body"].read() == data
 
+    store = urlsplit(backend.endpoint)
+    counting = FaultProxy(store.hostname, store.port)
+    try:
+        fresh = proxy_factory(backend, S3_ENDPOINT=counting.url)
+        got = fresh.client(backend.access_key, backend.secret_key).get_object(
+            Bucket=bucket, Key="unseen"
+        )
+        assert "ContentLength" not in got
+        assert got["Body"].read() == data
+        assert counting.requests == [f"GET /{bucket}/unseen HTTP/1.1"]
+    finally:
+        counting.stop()
+
+    asking = proxy_factory(backend, CLOUDTASER_S3PROXY_MULTIPART_GET_LENGTH="always")
+    got = asking.client(backend.access_key, backend.secret_key).get_object(
+        Bucket=bucket, Key="unseen"
+    )
+    assert got["ContentLength"] == len(data)
+    assert got["Body"].read() == data
+
+
+def test_a_listing_learns_the_size_of_multipart_objects(env, proxy_factory):
+    via, backend, bucket, _ = env
+    parts = [os.urandom(5 * MiB), os.urandom(77)]
+    upload_parts(via, bucket, "listed-mp", parts)
     other = proxy_factory(backend).client(backend.access_key, backend.secret_key)
-    listed = other.list_objects_v2(Bucket=bucket, Prefix="unseen")["Contents"]
-    assert listed[0]["Size"] == len(data)  # learnt for the listing
-    assert other.get_object(Bucket=bucket, Key="unseen")["ContentLength"] == len(data)
+    listed = other.list_objects_v2(Bucket=bucket, Prefix="listed-mp")["Contents"]
+    assert listed[0]["Size"] == len(b"".join(parts))
+    assert other.get_object(Bucket=bucket, Key="listed-mp")["ContentLength"] == listed[0]["Size"]

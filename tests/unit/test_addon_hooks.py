@@ -141,7 +141,7 @@ def test_a_refused_request_with_a_body_goes_to_the_local_responder_not_upstream(
     assert (f.request.host, f.request.port) == ("127.0.0.1", port)
     assert "authorization" not in f.request.headers
     assert callable(f.request.stream)
-    assert f.request.stream(b"plaintext that must go nowhere") == b""
+    assert f.request.stream(b"plaintext that must go nowhere") == []
 
 
 def test_an_exception_inside_the_hook_becomes_an_internal_error(monkeypatch):
@@ -228,7 +228,7 @@ def test_an_unknown_format_is_turned_into_an_error_without_reading_the_body_into
 
     f = run(scenario)
     assert f.response.status_code == 409
-    body = f.response.stream(b"ciphertext chunk") + f.response.stream(b"more")
+    body = f.response.stream(b"ciphertext chunk") + b"".join(f.response.stream(b"more"))
     assert b"<Code>InvalidObjectState</Code>" in body
     assert int(f.response.headers["content-length"]) == len(body)
 

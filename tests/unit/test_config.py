@@ -98,6 +98,7 @@ def test_a_malformed_size_names_the_variable(value):
         ("S3_REGION", "EU WEST"),
         ("CLOUDTASER_S3PROXY_VERIFY_SIGNATURES", "maybe"),
         ("CLOUDTASER_S3PROXY_PLAINTEXT_OBJECTS", "sometimes"),
+        ("CLOUDTASER_S3PROXY_MULTIPART_GET_LENGTH", "sometimes"),
     ],
 )
 def test_malformed_values_stop_with_one_line_naming_the_variable(variable, value):

@@ -139,6 +139,41 @@ class Transit:
             raise WrappedKeyInvalid("unwrapped data key has the wrong length")
         return dek
 
+    def latest_version(self, key_name: str) -> int:
+        """The Transit key's current version: what new wraps use, what rewrap moves to."""
+        resp = self._call(
+            self._client.secrets.transit.read_key,
+            name=key_name,
+            mount_point=self._s.transit_mount,
+        )
+        return int(resp["data"]["latest_version"])
+
+    def rewrap(self, key_name: str, wrapped: list[str]) -> list[str]:
+        """Rewrap stored DEKs with the key's latest version in one batched call (Transit
+        ``rewrap``: the DEKs never leave Vault). Raises WrappedKeyInvalid naming the first
+        entry Transit refused."""
+        if not wrapped:
+            return []
+        for w in wrapped:
+            key_version_of(w)
+        try:
+            resp = self._call(
+                self._client.secrets.transit.rewrap_data,
+                name=key_name,
+                ciphertext="",
+                batch_input=[{"ciphertext": w} for w in wrapped],
+                mount_point=self._s.transit_mount,
+            )
+        except hvac.exceptions.InvalidRequest:
+            raise WrappedKeyInvalid("Transit refused to rewrap the data keys") from None
+        results = resp["data"]["batch_results"]
+        out = []
+        for i, r in enumerate(results):
+            if r.get("error") or "ciphertext" not in r:
+                raise WrappedKeyInvalid(f"Transit refused to rewrap data key #{i}")
+            out.append(r["ciphertext"])
+        return out
+
     def reachable(self) -> bool:
         """Vault answers at all (sealed or standby still counts as reachable)."""
         try:

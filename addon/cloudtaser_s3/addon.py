@@ -14,8 +14,12 @@ import binascii
 import logging
 import os
 import re
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import TypeVar
 from urllib.parse import quote, unquote_plus
 
 from mitmproxy import ctx, http
@@ -29,6 +33,7 @@ from .credentials import Identities, as_botocore
 from .envelope import ObjectKeyMaterial, PartSealer
 from .health import CachedCheck, HealthServer
 from .interrupt import INJECTED, close_both, fail_streamed_request
+from .keycache import DataKeyPool, DekCache
 from .layout import Layout, LayoutCache
 from .refusal import RefusalResponder
 from .s3errors import (
@@ -55,6 +60,7 @@ from .transit import DataKey, Transit, VaultUnavailable, WrappedKeyInvalid
 from .upstream import Head, Store
 
 log = logging.getLogger("cloudtaser")
+T = TypeVar("T")
 
 STATE = "cloudtaser"
 LISTINGS = ("ListObjects", "ListObjectsV2", "ListObjectVersions")
@@ -171,7 +177,12 @@ class CloudTaser:
         self.transit: Transit | None = None
         self.health: HealthServer | None = None
         self.refusals = RefusalResponder()
-        self.deks = uploads.DekCache()
+        self.deks = DekCache()
+        self.pool: DataKeyPool | None = None
+        # Vault calls wait on the network (timeouts, retries): their own threads, so an outage
+        # cannot starve the default executor the store calls and probes run in.
+        self.vault_threads = ThreadPoolExecutor(16, thread_name_prefix="cloudtaser-vault")
+        self._keys_stop = threading.Event()
         self.layouts = LayoutCache()
         self.store: Store | None = None
         self._running = False
@@ -208,6 +219,13 @@ class CloudTaser:
             self.identities = Identities(settings)
         if self.transit is None:
             self.transit = Transit(settings)
+            self.deks = DekCache(settings.dek_cache_size, settings.dek_cache_ttl)
+            self.pool = DataKeyPool(
+                lambda n, name: self.transit.new_data_keys(n, name),  # type: ignore[union-attr]
+                settings.dek_pool_size,
+                settings.dek_pool_max_age,
+                tuple(self.transit.key_names()),
+            )
         self.store = Store(settings.s3_endpoint, settings.s3_region)
         self.settings = settings
         if list(ctx.options.mode) != [spec] or not ctx.options.keep_host_header:
@@ -226,7 +244,16 @@ class CloudTaser:
             return
         await self.refusals.start()
         transit = self.transit
-        await asyncio.to_thread(self._login_quietly)
+        await self._vault(self._login_quietly)
+        transit.start_keeper()
+        pool = self.pool
+        assert pool is not None
+        threading.Thread(
+            target=pool.run,
+            args=(self._keys_stop, self.deks.sweep),
+            name="cloudtaser-data-keys",
+            daemon=True,
+        ).start()
         ready = CachedCheck(transit.readiness_problem)
         live = CachedCheck(lambda: None if transit.reachable() else "Vault is not reachable")
         try:
@@ -259,6 +286,10 @@ class CloudTaser:
             log.warning("cloudtaser: %s (will retry on demand)", e)
 
     async def done(self) -> None:
+        self._keys_stop.set()
+        if self.transit is not None:
+            self.transit.stop_keeper()
+        self.deks.clear()
         if self.health is not None:
             self.health.stop()
         await self.refusals.stop()
@@ -437,10 +468,22 @@ class CloudTaser:
             )
         return length
 
+    async def _vault(self, fn: Callable[..., T], *args: object) -> T:
+        """Run a blocking Vault call in the Vault threads."""
+        return await asyncio.get_running_loop().run_in_executor(self.vault_threads, fn, *args)
+
     async def _new_data_key(self, state: FlowState) -> DataKey:
-        assert self.transit is not None
+        """A DEK for a new object: from the pool of pre-wrapped keys, else one Transit call.
+        The Transit key follows CLOUDTASER_S3PROXY_TRANSIT_KEYS for the object's bucket/key."""
+        assert self.transit is not None and self.settings is not None and self.pool is not None
+        key_name = config.transit_key_for(
+            self.settings, state.request.bucket or "", state.request.key or ""
+        )
+        pooled = self.pool.take(key_name)
+        if pooled is not None:
+            return pooled
         try:
-            return await asyncio.to_thread(self.transit.new_data_key)
+            return await self._vault(self.transit.new_data_key, key_name)
         except VaultUnavailable as e:
             log.warning("cloudtaser: no data key for %s: %s", state.request.resource, e)
             raise service_unavailable(
@@ -454,7 +497,7 @@ class CloudTaser:
         if dek is not None:
             return dek
         try:
-            dek = await asyncio.to_thread(self.transit.unwrap, wrapped, key_name)
+            dek = await self._vault(self.transit.unwrap, wrapped, key_name)
         except VaultUnavailable as e:
             log.warning("cloudtaser: cannot unwrap the key of %s: %s", state.request.resource, e)
             raise service_unavailable(
@@ -475,7 +518,7 @@ class CloudTaser:
             envelope.META_DEK: data_key.wrapped,
             envelope.META_KEY_VERSION: str(data_key.key_version),
             envelope.META_NONCE: base64.b64encode(salt).decode(),
-            envelope.META_KEY: self.transit.key_name,
+            envelope.META_KEY: data_key.key_name,
             envelope.META_ALG: envelope.ALG,
         }
 
@@ -737,7 +780,7 @@ class CloudTaser:
         self._set_metadata(req, data_key, salt)
         assert self.transit is not None
         state.upload = (
-            uploads.UploadToken("", data_key.wrapped, self.transit.key_name, salt),
+            uploads.UploadToken("", data_key.wrapped, data_key.key_name, salt),
             data_key.plaintext,
         )
 

@@ -25,6 +25,7 @@ AUTH_METHODS = ("kubernetes", "token")
 UPSTREAM_IDENTITIES = ("client", "proxy")
 PLAINTEXT_POLICIES = ("serve", "refuse")
 MULTIPART_GET_LENGTHS = ("known", "always")
+LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(ValueError):
@@ -56,6 +57,15 @@ class Address:
 
 
 @dataclass(frozen=True)
+class KeyRoute:
+    """Objects in ``bucket`` whose key starts with ``prefix`` are wrapped with ``key``."""
+
+    bucket: str
+    prefix: str
+    key: str
+
+
+@dataclass(frozen=True)
 class Settings:
     listen: Address
     health: Address
@@ -80,6 +90,17 @@ class Settings:
     # once without a Content-Length; "always" first asks the store for the layout (1-3 HEADs).
     multipart_get_length: str = "known"
     virtual_host_domains: tuple[str, ...] = ("localhost",)
+    # Transit key per bucket or bucket/prefix (longest match wins); transit_key otherwise.
+    transit_key_map: tuple[KeyRoute, ...] = ()
+    vault_timeout: float = 5.0  # seconds, per attempt
+    vault_retries: int = 2  # further attempts after a connection failure or a 5xx
+    dek_cache_size: int = 1024  # unwrapped DEKs kept for reads; 0 turns the cache off
+    dek_cache_ttl: float = 300.0  # seconds a cached DEK lives after it was unwrapped
+    # Pre-wrapped DEKs ready for new objects; 0 (the default) turns the pool off: with a pool,
+    # writes go on through a Vault outage or a revocation until the pool runs dry or ages out.
+    dek_pool_size: int = 0
+    dek_pool_max_age: float = 30.0  # seconds a pooled DEK may wait (bounds rotation lag)
+    log_format: str = "text"
     # Which of the two were set explicitly: mitmdump's own flags may fill in the others.
     listen_explicit: bool = False
     endpoint_explicit: bool = False
@@ -196,6 +217,50 @@ def parse_domains(variable: str, value: str) -> tuple[str, ...]:
     return names
 
 
+def parse_duration(variable: str, value: str, allow_zero: bool = False) -> float:
+    """Seconds from "30", "30s", "500ms", "5m", "1h"."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", value)
+    if not m:
+        raise ConfigError(variable, f"{value!r} is not a duration (for example 30s, 500ms, 5m)")
+    seconds = float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2) or "s"]
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        raise ConfigError(variable, "must be greater than zero")
+    return seconds
+
+
+def parse_count(variable: str, value: str, maximum: int) -> int:
+    """A whole number from 0 to ``maximum``."""
+    v = value.strip()
+    if not v.isdigit() or int(v) > maximum:
+        raise ConfigError(variable, f"{value!r} is not a whole number from 0 to {maximum}")
+    return int(v)
+
+
+def parse_key_map(variable: str, value: str) -> tuple[KeyRoute, ...]:
+    """``bucket=key,bucket/prefix=key`` -> routes, longest (most specific) first."""
+    routes = []
+    for item in (i.strip() for i in value.split(",")):
+        if not item:
+            continue
+        where, sep, key = item.partition("=")
+        bucket, _, prefix = where.strip().partition("/")
+        if not sep or not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,62}", bucket):
+            raise ConfigError(variable, f"{item!r} is not bucket=key or bucket/prefix=key")
+        routes.append(KeyRoute(bucket, prefix, parse_name(variable, key)))
+    seen = [(r.bucket, r.prefix) for r in routes]
+    if len(set(seen)) != len(seen):
+        raise ConfigError(variable, "names the same bucket/prefix twice")
+    return tuple(sorted(routes, key=lambda r: (r.bucket, -len(r.prefix))))
+
+
+def transit_key_for(settings: Settings, bucket: str, key: str) -> str:
+    """The Transit key that wraps new objects at bucket/key."""
+    for route in settings.transit_key_map:
+        if route.bucket == bucket and key.startswith(route.prefix):
+            return route.key
+    return settings.transit_key
+
+
 def _get(env: Mapping[str, str], name: str) -> str | None:
     value = env.get(name)
     return value if value is not None and value.strip() != "" else None
@@ -293,6 +358,42 @@ def from_env(env: Mapping[str, str]) -> Settings:
         virtual_host_domains=parse_domains(
             "CLOUDTASER_S3PROXY_VIRTUAL_HOST_DOMAINS",
             env.get("CLOUDTASER_S3PROXY_VIRTUAL_HOST_DOMAINS", "localhost"),
+        ),
+        transit_key_map=parse_key_map(
+            "CLOUDTASER_S3PROXY_TRANSIT_KEYS", _get(env, "CLOUDTASER_S3PROXY_TRANSIT_KEYS") or ""
+        ),
+        vault_timeout=parse_duration(
+            "CLOUDTASER_S3PROXY_VAULT_TIMEOUT",
+            _get(env, "CLOUDTASER_S3PROXY_VAULT_TIMEOUT") or "5s",
+        ),
+        vault_retries=parse_count(
+            "CLOUDTASER_S3PROXY_VAULT_RETRIES",
+            _get(env, "CLOUDTASER_S3PROXY_VAULT_RETRIES") or "2",
+            10,
+        ),
+        dek_cache_size=parse_count(
+            "CLOUDTASER_S3PROXY_DEK_CACHE_SIZE",
+            _get(env, "CLOUDTASER_S3PROXY_DEK_CACHE_SIZE") or "1024",
+            1_000_000,
+        ),
+        dek_cache_ttl=parse_duration(
+            "CLOUDTASER_S3PROXY_DEK_CACHE_TTL",
+            _get(env, "CLOUDTASER_S3PROXY_DEK_CACHE_TTL") or "5m",
+            allow_zero=True,
+        ),
+        dek_pool_size=parse_count(
+            "CLOUDTASER_S3PROXY_DEK_POOL_SIZE",
+            _get(env, "CLOUDTASER_S3PROXY_DEK_POOL_SIZE") or "0",
+            1000,
+        ),
+        dek_pool_max_age=parse_duration(
+            "CLOUDTASER_S3PROXY_DEK_POOL_MAX_AGE",
+            _get(env, "CLOUDTASER_S3PROXY_DEK_POOL_MAX_AGE") or "30s",
+        ),
+        log_format=parse_choice(
+            "CLOUDTASER_S3PROXY_LOG_FORMAT",
+            _get(env, "CLOUDTASER_S3PROXY_LOG_FORMAT") or "text",
+            LOG_FORMATS,
         ),
         listen_explicit=listen_raw is not None,
         endpoint_explicit=endpoint_raw is not None,

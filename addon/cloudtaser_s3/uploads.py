@@ -15,9 +15,6 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from .envelope import SALT_LEN
@@ -85,40 +82,3 @@ def upstream_id(upload_id: str) -> str:
     """The store's upload id for a proxy-issued id, or the id itself."""
     token = decode(upload_id)
     return token.upstream_id if token else upload_id
-
-
-class DekCache:
-    """Unwrapped data keys by wrapped form, bounded in size and lifetime.
-
-    Saves a Transit round trip for every part of an upload and every read of a hot object. The
-    trade-off: a DEK stays in process memory up to ``ttl`` seconds after its last use.
-    """
-
-    def __init__(self, max_entries: int = 1024, ttl: float = 300.0):
-        self._max = max_entries
-        self._ttl = ttl
-        self._lock = threading.Lock()
-        self._items: OrderedDict[tuple[str, str], tuple[bytes, float]] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key_name: str, wrapped: str) -> bytes | None:
-        now = time.monotonic()
-        with self._lock:
-            item = self._items.get((key_name, wrapped))
-            if item is None or now - item[1] > self._ttl:
-                if item is not None:
-                    del self._items[(key_name, wrapped)]
-                self.misses += 1
-                return None
-            self._items[(key_name, wrapped)] = (item[0], now)
-            self._items.move_to_end((key_name, wrapped))
-            self.hits += 1
-            return item[0]
-
-    def put(self, key_name: str, wrapped: str, dek: bytes) -> None:
-        with self._lock:
-            self._items[(key_name, wrapped)] = (dek, time.monotonic())
-            self._items.move_to_end((key_name, wrapped))
-            while len(self._items) > self._max:
-                self._items.popitem(last=False)

@@ -202,6 +202,7 @@ class Transit:
             self.login()
             return
         self._set_lease(granted, bool(auth.get("renewable")), self._lease.jwt_stamp)
+        log.info("cloudtaser: renewed the Vault token (TTL %ds)", granted)
 
     def start_keeper(self) -> None:
         """Keep the token alive in a background thread (after the first login)."""

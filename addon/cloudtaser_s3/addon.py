@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -25,7 +26,19 @@ from urllib.parse import quote, unquote_plus
 from mitmproxy import ctx, http
 from mitmproxy.net.http import url as mitm_url
 
-from . import awschunked, config, copying, envelope, etags, ranges, s3xml, sigv4, uploads
+from . import (
+    awschunked,
+    config,
+    copying,
+    envelope,
+    etags,
+    metrics,
+    ranges,
+    requestlog,
+    s3xml,
+    sigv4,
+    uploads,
+)
 from . import layout as layout_mod
 from .awschunked import ChunkedDecoder, ChunkSigning
 from .checksums import PlaintextDigests, checksum_headers
@@ -60,6 +73,7 @@ from .transit import DataKey, Transit, VaultUnavailable, WrappedKeyInvalid
 from .upstream import Head, Store
 
 log = logging.getLogger("cloudtaser")
+ACCOUNT = "cloudtaser-account"
 T = TypeVar("T")
 
 STATE = "cloudtaser"
@@ -98,8 +112,28 @@ _CIPHERTEXT_RESPONSE_HEADERS = (
 
 
 @dataclass
+class Account:
+    """What one request cost and carried, for its log line and the metrics."""
+
+    started: float = field(default_factory=time.monotonic)
+    vault_calls: int = 0
+    bytes_in: int = 0  # body bytes from the client
+    bytes_out: int = 0  # body bytes to the client
+    plaintext: int = 0  # plaintext bytes the request encrypts
+    error_code: str | None = None  # the S3 error the proxy answered with
+    done: bool = False
+
+    def took(self, n: int) -> None:
+        self.bytes_in += n
+
+    def gave(self, n: int) -> None:
+        self.bytes_out += n
+
+
+@dataclass
 class FlowState:
     request: S3Request
+    account: Account = field(default_factory=Account)
     access_key: str | None = None
     sealing: SealingStream | None = None
     opening: OpeningStream | PlaintextGuard | None = None
@@ -112,6 +146,28 @@ class FlowState:
     verified: sigv4.VerifiedRequest | None = None
     body_digests: PlaintextDigests | None = None  # a small body checked in the request hook
     notes: dict = field(default_factory=dict)
+
+    @property
+    def where(self) -> str:
+        return f"{self.request.operation} in {self.request.bucket or '-'}"
+
+
+def _account(flow: http.HTTPFlow) -> Account:
+    account = flow.metadata.get(ACCOUNT)
+    if account is None:
+        account = flow.metadata[ACCOUNT] = Account()
+    return account
+
+
+def _what(flow: http.HTTPFlow, state: FlowState | None) -> str:
+    """A request as log lines name it: operation and bucket, never the object key (it can be
+    personal data) nor the query (presigned URLs carry signatures)."""
+    return state.where if state else flow.request.method
+
+
+def _rejected(flow: http.HTTPFlow, error: S3Error) -> None:
+    _account(flow).error_code = error.code
+    metrics.rejected(error.code)
 
 
 def _has_body(req: http.Request) -> bool:
@@ -218,7 +274,7 @@ class CloudTaser:
         if self.identities is None:
             self.identities = Identities(settings)
         if self.transit is None:
-            self.transit = Transit(settings)
+            self.transit = Transit(settings, metrics.METRICS.observe_vault)
             self.deks = DekCache(settings.dek_cache_size, settings.dek_cache_ttl)
             self.pool = DataKeyPool(
                 lambda n, name: self.transit.new_data_keys(n, name),  # type: ignore[union-attr]
@@ -227,6 +283,7 @@ class CloudTaser:
                 tuple(self.transit.key_names()),
             )
         self.store = Store(settings.s3_endpoint, settings.s3_region)
+        requestlog.configure_logging(settings.log_format == "json")
         self.settings = settings
         if list(ctx.options.mode) != [spec] or not ctx.options.keep_host_header:
             ctx.options.update(mode=[spec], keep_host_header=True)
@@ -250,7 +307,7 @@ class CloudTaser:
         assert pool is not None
         threading.Thread(
             target=pool.run,
-            args=(self._keys_stop, self.deks.sweep),
+            args=(self._keys_stop, self._housekeeping),
             name="cloudtaser-data-keys",
             daemon=True,
         ).start()
@@ -278,6 +335,12 @@ class CloudTaser:
             self.settings.health,
         )
 
+    def _housekeeping(self) -> None:
+        """Runs every few seconds off the event loop: expired DEKs go, the token gauge moves."""
+        self.deks.sweep()
+        if self.transit is not None:
+            metrics.METRICS.set_token_ttl(self.transit.token_ttl() or 0)
+
     def _login_quietly(self) -> None:
         assert self.transit is not None
         try:
@@ -299,6 +362,7 @@ class CloudTaser:
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
+        flow.metadata[ACCOUNT] = Account()
         if self.settings is None:
             self._refuse(flow, service_unavailable("The proxy is not configured."))
             return
@@ -313,13 +377,8 @@ class CloudTaser:
     def _refuse(self, flow: http.HTTPFlow, error: S3Error) -> None:
         state = flow.metadata.get(STATE)
         resource = state.request.resource if state else flow.request.path.split("?", 1)[0]
-        log.info(
-            "cloudtaser: refused %s %s: %s (%d)",
-            flow.request.method,
-            resource,
-            error.code,
-            error.status,
-        )
+        _rejected(flow, error)
+        log.info("cloudtaser: refused %s: %s (%d)", _what(flow, state), error.code, error.status)
         if not _has_body(flow.request):
             flow.response = self._error_response(error, resource)
             return
@@ -351,26 +410,30 @@ class CloudTaser:
             raw_path = "/" + quote(bucket, safe="") + (raw_path if raw_path != "/" else "")
             req.path = raw_path + ("?" + raw_query if raw_query else "")
         s3req = classify(req.method, raw_path, raw_query, req.headers)
-        state = FlowState(s3req)
+        state = FlowState(s3req, account=_account(flow))
         flow.metadata[STATE] = state
 
         verified = None
         if self.settings.verify_signatures:
-            verified = sigv4.verify(
-                req.method,
-                signed_path,
-                raw_query,
-                list(req.headers.items(multi=True)),
-                self.identities.secret_for,
-                datetime.now(UTC),
-            )
-            if verified.region != self.settings.s3_region:
-                raise S3Error(
-                    "AuthorizationHeaderMalformed",
-                    "The authorization header is malformed; the region "
-                    f"'{verified.region}' is wrong; expecting '{self.settings.s3_region}'",
-                    400,
+            try:
+                verified = sigv4.verify(
+                    req.method,
+                    signed_path,
+                    raw_query,
+                    list(req.headers.items(multi=True)),
+                    self.identities.secret_for,
+                    datetime.now(UTC),
                 )
+                if verified.region != self.settings.s3_region:
+                    raise S3Error(
+                        "AuthorizationHeaderMalformed",
+                        "The authorization header is malformed; the region "
+                        f"'{verified.region}' is wrong; expecting '{self.settings.s3_region}'",
+                        400,
+                    )
+            except S3Error as e:
+                metrics.auth_failure(e.code)
+                raise
             state.access_key = verified.access_key
 
         for name in etags.CONDITION_HEADERS:
@@ -480,12 +543,15 @@ class CloudTaser:
             self.settings, state.request.bucket or "", state.request.key or ""
         )
         pooled = self.pool.take(key_name)
+        if self.pool.enabled:
+            metrics.dek_pool(pooled is not None)
         if pooled is not None:
             return pooled
+        state.account.vault_calls += 1
         try:
             return await self._vault(self.transit.new_data_key, key_name)
         except VaultUnavailable as e:
-            log.warning("cloudtaser: no data key for %s: %s", state.request.resource, e)
+            log.warning("cloudtaser: no data key for %s: %s", state.where, e)
             raise service_unavailable(
                 "The key service is unavailable; nothing was stored. Please retry."
             ) from None
@@ -494,12 +560,14 @@ class CloudTaser:
         """The plaintext DEK for a wrapped one, from the cache or one Transit round trip."""
         assert self.transit is not None
         dek = self.deks.get(key_name, wrapped)
+        metrics.dek_cache(dek is not None)
         if dek is not None:
             return dek
+        state.account.vault_calls += 1
         try:
             dek = await self._vault(self.transit.unwrap, wrapped, key_name)
         except VaultUnavailable as e:
-            log.warning("cloudtaser: cannot unwrap the key of %s: %s", state.request.resource, e)
+            log.warning("cloudtaser: cannot unwrap the key of %s: %s", state.where, e)
             raise service_unavailable(
                 "The key service is unavailable; the object's key cannot be unwrapped now. "
                 "Please retry."
@@ -539,17 +607,23 @@ class CloudTaser:
         req = flow.request
         sealer = PartSealer(material, part_number, length)
         resource = state.request.resource
+
+        def refuse_midway(error: S3Error) -> None:
+            _rejected(flow, error)
+            fail_streamed_request(flow, error, resource)
+
         state.sealing = SealingStream(
             sealer,
             digests,
-            lambda error: fail_streamed_request(flow, error, resource),
+            refuse_midway,
             self._chunked_decoder(req, state) if state.chunked else None,
         )
         for name in checksum_headers(req.headers.items(multi=True)):
             del req.headers[name]
         req.headers.pop("transfer-encoding", None)
         req.headers["content-length"] = str(sealer.sealed_length)
-        req.stream = chunk_safe(state.sealing)
+        req.stream = chunk_safe(state.sealing, count_in=state.account.took)
+        state.account.plaintext += length
 
     def _chunked_decoder(self, req: http.Request, state: FlowState) -> ChunkedDecoder:
         """A decoder for the aws-chunked body; the framing headers do not go upstream."""
@@ -647,6 +721,7 @@ class CloudTaser:
         src = copying.parse_copy_source(req.headers.get("x-amz-copy-source", ""))
         src_state = FlowState(
             S3Request("GetObject", Action.DECRYPT, src.bucket, src.key),
+            account=state.account,
             access_key=state.access_key,
         )
         head = await self._head(src_state)
@@ -751,12 +826,12 @@ class CloudTaser:
                 creds,
             )
         except envelope.FormatError as e:
-            log.error("cloudtaser: copy source %s failed authentication: %s", src.key, e)
+            log.error("cloudtaser: copy source in %s failed authentication: %s", src.bucket, e)
             raise S3Error(
                 "InternalError", "The copy source failed authentication; nothing was written.", 500
             ) from None
         except OSError as e:
-            log.warning("cloudtaser: copy to %s failed: %s", state.request.resource, e)
+            log.warning("cloudtaser: copy in %s failed: %s", state.where, e)
             raise S3Error("InternalError", "The copy failed; nothing was written.", 500) from None
         finally:
             conn.close()
@@ -894,10 +969,9 @@ class CloudTaser:
             sent = True
             return body
 
-        resp.stream = chunk_safe(emit_once)
-        log.info(
-            "cloudtaser: %s %s answered %s", flow.request.method, state.request.resource, error.code
-        )
+        resp.stream = chunk_safe(emit_once, count_out=state.account.gave)
+        _rejected(flow, error)
+        log.info("cloudtaser: %s answered %s", state.where, error.code)
 
     async def _prepare_response(self, flow: http.HTTPFlow, state: FlowState) -> None:
         assert self.settings is not None
@@ -939,7 +1013,7 @@ class CloudTaser:
             state.opening = OpeningStream(
                 envelope.BodyOpener(material), None, lambda error: close_both(flow)
             )
-            resp.stream = chunk_safe(state.opening)
+            resp.stream = chunk_safe(state.opening, count_out=state.account.gave)
             return
         layout = state.layout or await self._layout(state, etag, total)
         if state.part_number is not None:
@@ -963,7 +1037,7 @@ class CloudTaser:
                 raise self._unsatisfiable(resp, layout.plaintext_length)
             state.opening = RangeOpeningStream(plan, plan.opener(material), on_failure)
             self._as_partial(resp, plan.content_range, plan.length)
-        resp.stream = chunk_safe(state.opening)
+        resp.stream = chunk_safe(state.opening, count_out=state.account.gave)
 
     def _streams_unmeasured(self, state: FlowState, etag: str) -> bool:
         """A whole GET of a multipart object whose layout is not cached needs no request to
@@ -1020,7 +1094,7 @@ class CloudTaser:
             part.plain_length,
             lambda error: close_both(flow),
         )
-        resp.stream = chunk_safe(state.opening)
+        resp.stream = chunk_safe(state.opening, count_out=state.account.gave)
 
     async def _layout(self, state: FlowState, etag: str, total: int) -> Layout:
         """The object's part layout: trivial for a single part, else cached or asked for."""
@@ -1183,7 +1257,7 @@ class CloudTaser:
                 start - offset, end - start + 1, guard if start == 0 else None
             )
             self._as_partial(resp, f"bytes {start}-{end}/{total}", end - start + 1)
-        resp.stream = chunk_safe(state.opening)
+        resp.stream = chunk_safe(state.opening, count_out=state.account.gave)
 
     async def _object_material(self, resp: http.Response, state: FlowState) -> ObjectKeyMaterial:
         assert self.transit is not None and state.request.key is not None
@@ -1201,6 +1275,12 @@ class CloudTaser:
         return ObjectKeyMaterial(dek, salt, state.request.key)
 
     async def response(self, flow: http.HTTPFlow) -> None:
+        try:
+            await self._response(flow)
+        finally:
+            self._finish(flow, aborted=False)
+
+    async def _response(self, flow: http.HTTPFlow) -> None:
         state: FlowState | None = flow.metadata.get(STATE)
         if state is None or flow.response is None or INJECTED in flow.metadata:
             return
@@ -1243,13 +1323,15 @@ class CloudTaser:
 
         async def learn(key: str, etag: str, size: int) -> None:
             probe = FlowState(
-                S3Request("HeadObject", Action.HEAD, bucket, key), access_key=state.access_key
+                S3Request("HeadObject", Action.HEAD, bucket, key),
+                account=state.account,
+                access_key=state.access_key,
             )
             async with gate:
                 try:
                     await self._layout(probe, etag, size)
                 except S3Error as e:
-                    log.info("cloudtaser: layout of listed %s/%s unknown: %s", bucket, key, e)
+                    log.info("cloudtaser: layout of a listed object in %s unknown: %s", bucket, e)
 
         await asyncio.gather(*(learn(*w) for w in wanted[:MAX_LISTING_PROBES]))
 
@@ -1264,6 +1346,7 @@ class CloudTaser:
             return
         probe = FlowState(
             S3Request("HeadObject", Action.HEAD, state.request.bucket, state.request.key),
+            account=state.account,
             access_key=state.access_key,
         )
         try:
@@ -1271,7 +1354,7 @@ class CloudTaser:
             if head.status == 200 and head.content_length is not None:
                 await self._layout(probe, etags.to_store(etag), head.content_length)
         except S3Error as e:
-            log.info("cloudtaser: layout of %s unknown: %s", state.request.resource, e.message)
+            log.info("cloudtaser: layout of an object in %s unknown: %s", state.where, e.message)
 
     def _rewrite_listing(self, flow: http.HTTPFlow) -> None:
         """Listings show plaintext sizes for single-part objects (so sync tools see the sizes
@@ -1333,5 +1416,44 @@ class CloudTaser:
 
     def error(self, flow: http.HTTPFlow) -> None:
         state: FlowState | None = flow.metadata.get(STATE)
-        what = state.request.operation if state else flow.request.method
-        log.info("cloudtaser: %s %s failed: %s", what, flow.request.path, flow.error)
+        log.info("cloudtaser: %s failed: %s", _what(flow, state), flow.error)
+        self._finish(flow, aborted=True)
+
+    def _finish(self, flow: http.HTTPFlow, aborted: bool) -> None:
+        """Once per request: its metrics and its log line."""
+        account: Account | None = flow.metadata.get(ACCOUNT)
+        if account is None or account.done:
+            return
+        account.done = True
+        state: FlowState | None = flow.metadata.get(STATE)
+        resp = flow.response
+        status = None if resp is None else resp.status_code
+        if not account.bytes_in and isinstance(flow.request.raw_content, bytes):
+            account.bytes_in = len(flow.request.raw_content)
+        if resp is not None and not account.bytes_out and isinstance(resp.raw_content, bytes):
+            account.bytes_out = len(resp.raw_content)
+        error_code = account.error_code
+        if error_code is None and status is not None and status >= 400 and resp is not None:
+            error_code = s3xml.text_of(resp.get_text(strict=False) or "", "Code")
+        operation = state.request.operation if state else "Unknown"
+        outcome = metrics.record_request(
+            operation, status, aborted, time.monotonic() - account.started
+        )
+        if outcome == "ok" and not aborted:
+            metrics.add_encrypted(account.plaintext)
+            if state is not None and isinstance(state.opening, OpeningStream | RangeOpeningStream):
+                metrics.add_decrypted(account.bytes_out)
+        requestlog.log_request(
+            requestlog.RequestRecord(
+                operation=operation,
+                bucket=state.request.bucket if state else None,
+                status=status,
+                bytes_in=account.bytes_in,
+                bytes_out=account.bytes_out,
+                duration_ms=round((time.monotonic() - account.started) * 1000, 1),
+                vault_calls=account.vault_calls,
+                outcome=outcome,
+                error_code=error_code,
+                client=requestlog.client_ip(flow.client_conn.peername),
+            )
+        )

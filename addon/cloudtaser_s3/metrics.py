@@ -229,6 +229,12 @@ class Metrics:
             self._vault_duration.labels(label).observe(time.perf_counter() - start)
             self._vault_calls.labels(label, outcome).inc()
 
+    def observe_vault(self, call: str, seconds: float, ok: bool) -> None:
+        """One Vault call that was timed elsewhere (transit.Transit's observer)."""
+        label = self._call(call)
+        self._vault_duration.labels(label).observe(max(seconds, 0.0))
+        self._vault_calls.labels(label, "ok" if ok else "error").inc()
+
     def dek_cache(self, hit: bool) -> None:
         self._dek_cache.labels("hit" if hit else "miss").inc()
 

@@ -32,11 +32,25 @@ Failure = Callable[[S3Error], None]
 Stream = Callable[[bytes], bytes]
 
 
-def chunk_safe(stream: Stream) -> Callable[[bytes], bytes | list[bytes]]:
+def chunk_safe(
+    stream: Stream,
+    count_in: Callable[[int], None] | None = None,
+    count_out: Callable[[int], None] | None = None,
+) -> Callable[[bytes], bytes | list[bytes]]:
     """mitmproxy sends what a stream returns as one chunk, and an empty chunk of a chunked body
     is its end: a stream with nothing to pass on yet must return no chunks at all, or a client
-    would take a body cut at a held-back segment for a complete one."""
-    return lambda data: stream(data) or []
+    would take a body cut at a held-back segment for a complete one. ``count_in``/``count_out``
+    see the bytes going through (for the request's log line and metrics)."""
+
+    def call(data: bytes) -> bytes | list[bytes]:
+        out = stream(data)
+        if count_in is not None and data:
+            count_in(len(data))
+        if count_out is not None and out:
+            count_out(len(out))
+        return out or []
+
+    return call
 
 
 def set_length(message: http.Message, length: int) -> None:

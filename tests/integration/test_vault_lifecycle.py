@@ -159,11 +159,12 @@ def test_kubernetes_tokens_are_renewed_and_replaced_while_requests_keep_working(
 
 
 def test_a_renewable_vault_token_is_renewed_past_its_ttl(openbao, seaweedfs, bucket, tmp_path):
-    token = ls.create_policy_token(openbao.addr, openbao.root_token, openbao.policy, ttl="3s")
+    token = ls.create_policy_token(openbao.addr, openbao.root_token, openbao.policy, ttl="6s")
     env = {**proxy_default_env(seaweedfs, openbao, token), "CLOUDTASER_S3PROXY_DEK_CACHE_SIZE": "0"}
     with ls.start_proxy(env, tmp_path, wait_for="healthz") as proxy:
         s3 = client(proxy, seaweedfs)
-        time.sleep(7)  # more than twice the token's TTL
+        put_and_read(s3, bucket, "token-before")
+        time.sleep(13)  # more than twice the token's TTL
         put_and_read(s3, bucket, "token-renewed")
         assert log_count(proxy, "renewed the Vault token") >= 2
         assert status_of(proxy.readyz) == 200

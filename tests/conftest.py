@@ -113,6 +113,8 @@ def proxy_default_env(backend: S3Server, openbao: OpenBao, token: str) -> dict[s
         # The upstream credentials; by default also the ones the proxy verifies clients by.
         "AWS_ACCESS_KEY_ID": backend.access_key,
         "AWS_SECRET_ACCESS_KEY": backend.secret_key,
+        # Test proxies are stopped with SIGTERM often, some with a stalled request in flight.
+        "CLOUDTASER_S3PROXY_SHUTDOWN_GRACE": "2s",
     }
 
 

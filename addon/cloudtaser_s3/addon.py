@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -239,6 +241,9 @@ class CloudTaser:
         # cannot starve the default executor the store calls and probes run in.
         self.vault_threads = ThreadPoolExecutor(16, thread_name_prefix="cloudtaser-vault")
         self._keys_stop = threading.Event()
+        self.draining = False  # SIGTERM came: not ready, no new connections
+        self.inflight = 0  # requests between requestheaders and their end
+        self._drain_task: asyncio.Task | None = None
         self.layouts = LayoutCache()
         self.store: Store | None = None
         self._running = False
@@ -311,7 +316,13 @@ class CloudTaser:
             name="cloudtaser-data-keys",
             daemon=True,
         ).start()
-        ready = CachedCheck(transit.readiness_problem)
+        checked = CachedCheck(transit.readiness_problem)
+
+        def ready() -> str | None:
+            return "shutting down" if self.draining else checked()
+
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._on_sigterm)
         live = CachedCheck(lambda: None if transit.reachable() else "Vault is not reachable")
         try:
             self.health = HealthServer(self.settings.health, live, ready)
@@ -334,6 +345,37 @@ class CloudTaser:
             self.settings.vault_addr,
             self.settings.health,
         )
+
+    def _on_sigterm(self) -> None:
+        """Graceful stop (replaces mitmdump's immediate one); a second SIGTERM is immediate."""
+        if self.draining:
+            ctx.master.shutdown()
+            return
+        self.draining = True
+        self._drain_task = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        """Not ready at once, stop accepting, let requests in flight finish within the grace
+        period, then exit (0)."""
+        assert self.settings is not None
+        grace = self.settings.shutdown_grace
+        log.info(
+            "cloudtaser: SIGTERM: draining %d request(s) in flight, up to %gs",
+            self.inflight,
+            grace,
+        )
+        proxyserver = ctx.master.addons.get("proxyserver")
+        if proxyserver is not None:
+            await proxyserver.servers.update([])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.inflight > 0 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.inflight:
+            log.warning("cloudtaser: grace period over; cutting %d request(s)", self.inflight)
+        else:
+            log.info("cloudtaser: drained; exiting")
+        ctx.master.shutdown()
 
     def _housekeeping(self) -> None:
         """Runs every few seconds off the event loop: expired DEKs go, the token gauge moves."""
@@ -363,6 +405,7 @@ class CloudTaser:
         if flow.response or flow.error or not flow.live:
             return
         flow.metadata[ACCOUNT] = Account()
+        self.inflight += 1
         if self.settings is None:
             self._refuse(flow, service_unavailable("The proxy is not configured."))
             return
@@ -381,6 +424,8 @@ class CloudTaser:
         log.info("cloudtaser: refused %s: %s (%d)", _what(flow, state), error.code, error.status)
         if not _has_body(flow.request):
             flow.response = self._error_response(error, resource)
+            if self.draining:
+                flow.response.headers["connection"] = "close"
             return
         try:
             self.refusals.route(flow, error, resource)
@@ -922,6 +967,8 @@ class CloudTaser:
     # ---------------------------------------------------------------- response side
 
     async def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if self.draining and flow.response is not None:
+            flow.response.headers["connection"] = "close"  # no next request on this one
         state: FlowState | None = flow.metadata.get(STATE)
         if state is None or INJECTED in flow.metadata or flow.response is None:
             return
@@ -1425,6 +1472,7 @@ class CloudTaser:
         if account is None or account.done:
             return
         account.done = True
+        self.inflight -= 1
         state: FlowState | None = flow.metadata.get(STATE)
         resp = flow.response
         status = None if resp is None else resp.status_code

@@ -101,6 +101,7 @@ class Settings:
     dek_pool_size: int = 0
     dek_pool_max_age: float = 30.0  # seconds a pooled DEK may wait (bounds rotation lag)
     log_format: str = "text"
+    shutdown_grace: float = 25.0  # seconds in-flight requests get after SIGTERM
     # Which of the two were set explicitly: mitmdump's own flags may fill in the others.
     listen_explicit: bool = False
     endpoint_explicit: bool = False
@@ -394,6 +395,11 @@ def from_env(env: Mapping[str, str]) -> Settings:
             "CLOUDTASER_S3PROXY_LOG_FORMAT",
             _get(env, "CLOUDTASER_S3PROXY_LOG_FORMAT") or "text",
             LOG_FORMATS,
+        ),
+        shutdown_grace=parse_duration(
+            "CLOUDTASER_S3PROXY_SHUTDOWN_GRACE",
+            _get(env, "CLOUDTASER_S3PROXY_SHUTDOWN_GRACE") or "25s",
+            allow_zero=True,
         ),
         listen_explicit=listen_raw is not None,
         endpoint_explicit=endpoint_raw is not None,

@@ -99,6 +99,19 @@ def test_a_malformed_size_names_the_variable(value):
         ("CLOUDTASER_S3PROXY_VERIFY_SIGNATURES", "maybe"),
         ("CLOUDTASER_S3PROXY_PLAINTEXT_OBJECTS", "sometimes"),
         ("CLOUDTASER_S3PROXY_MULTIPART_GET_LENGTH", "sometimes"),
+        ("CLOUDTASER_S3PROXY_VAULT_TIMEOUT", "soon"),
+        ("CLOUDTASER_S3PROXY_VAULT_TIMEOUT", "0s"),
+        ("CLOUDTASER_S3PROXY_VAULT_RETRIES", "-1"),
+        ("CLOUDTASER_S3PROXY_VAULT_RETRIES", "99"),
+        ("CLOUDTASER_S3PROXY_DEK_CACHE_SIZE", "lots"),
+        ("CLOUDTASER_S3PROXY_DEK_CACHE_TTL", "forever"),
+        ("CLOUDTASER_S3PROXY_DEK_POOL_SIZE", "1.5"),
+        ("CLOUDTASER_S3PROXY_DEK_POOL_MAX_AGE", "0"),
+        ("CLOUDTASER_S3PROXY_TRANSIT_KEYS", "bucket-only"),
+        ("CLOUDTASER_S3PROXY_TRANSIT_KEYS", "Bad_Bucket=key"),
+        ("CLOUDTASER_S3PROXY_TRANSIT_KEYS", "b1=k1,b1=k2"),
+        ("CLOUDTASER_S3PROXY_LOG_FORMAT", "xml"),
+        ("CLOUDTASER_S3PROXY_SHUTDOWN_GRACE", "a while"),
     ],
 )
 def test_malformed_values_stop_with_one_line_naming_the_variable(variable, value):
@@ -220,3 +233,23 @@ def test_reconcile_is_idempotent():
 )
 def test_auth_mount_with_or_without_the_auth_prefix(value, mount):
     assert from_env({**MINIMAL_K8S, "VAULT_AUTH_MOUNT_PATH": value}).vault_auth_mount_path == mount
+
+
+def test_transit_keys_route_by_the_longest_prefix():
+    s = from_env(
+        {
+            **MINIMAL_K8S,
+            "CLOUDTASER_S3PROXY_TRANSIT_KEYS": "tenant-a=key-a, tenant-a/secret/=key-s,b2=key-b",
+        }
+    )
+    assert config.transit_key_for(s, "tenant-a", "secret/x") == "key-s"
+    assert config.transit_key_for(s, "tenant-a", "public/x") == "key-a"
+    assert config.transit_key_for(s, "b2", "x") == "key-b"
+    assert config.transit_key_for(s, "other", "x") == s.transit_key
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30", 30), ("30s", 30), ("500ms", 0.5), ("5m", 300), ("1h", 3600)]
+)
+def test_durations(text, seconds):
+    assert config.parse_duration("X", text) == seconds

@@ -25,8 +25,9 @@ from datetime import UTC, datetime
 from typing import TypeVar
 from urllib.parse import quote, unquote_plus
 
-from mitmproxy import ctx, http
+from mitmproxy import ctx, http, tls
 from mitmproxy.net.http import url as mitm_url
+from OpenSSL import SSL
 
 from . import (
     awschunked,
@@ -39,6 +40,7 @@ from . import (
     requestlog,
     s3xml,
     sigv4,
+    tlsfiles,
     uploads,
 )
 from . import layout as layout_mod
@@ -287,7 +289,20 @@ class CloudTaser:
                 settings.dek_pool_max_age,
                 tuple(self.transit.key_names()),
             )
-        self.store = Store(settings.s3_endpoint, settings.s3_region)
+        self.store = Store(settings.s3_endpoint, settings.s3_region, settings.upstream_ca_bundle)
+        certs = []
+        if settings.tls_cert and settings.tls_key:
+            pem = tlsfiles.write_listener_pem(
+                settings.tls_cert, settings.tls_key, ctx.options.confdir
+            )
+            certs = [f"*={pem}"]
+        if (
+            list(ctx.options.certs) != certs
+            or ctx.options.ssl_verify_upstream_trusted_ca != settings.upstream_ca_bundle
+        ):
+            ctx.options.update(
+                certs=certs, ssl_verify_upstream_trusted_ca=settings.upstream_ca_bundle
+            )
         requestlog.configure_logging(settings.log_format == "json")
         self.settings = settings
         if list(ctx.options.mode) != [spec] or not ctx.options.keep_host_header:
@@ -399,6 +414,20 @@ class CloudTaser:
             self.health.stop()
         await self.refusals.stop()
 
+    # ---------------------------------------------------------------- TLS
+
+    def tls_start_client(self, data: tls.TlsData) -> None:
+        """Without CLOUDTASER_S3PROXY_TLS_CERT a TLS handshake is refused: mitmproxy would
+        answer it with a certificate from its own CA, which no client should learn to trust.
+        A context without a certificate makes the handshake fail on the spot."""
+        if self.settings is not None and self.settings.tls_cert:
+            return
+        log.warning(
+            "cloudtaser: refused a TLS handshake: no CLOUDTASER_S3PROXY_TLS_CERT is configured"
+        )
+        data.ssl_conn = SSL.Connection(SSL.Context(SSL.TLS_SERVER_METHOD))
+        data.ssl_conn.set_accept_state()
+
     # ---------------------------------------------------------------- request side
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -446,6 +475,10 @@ class CloudTaser:
     async def _prepare_request(self, flow: http.HTTPFlow) -> None:
         assert self.settings is not None and self.identities is not None
         req = flow.request
+        if self.settings.tls_cert and not flow.client_conn.tls_established:
+            raise S3Error(
+                "AccessDenied", "This proxy accepts HTTPS only (CLOUDTASER_S3PROXY_TLS_CERT).", 403
+            )
         raw_path, _, raw_query = req.path.partition("?")
         signed_path = raw_path
         bucket = virtual_host_bucket(req.host_header or "", self.settings.virtual_host_domains)

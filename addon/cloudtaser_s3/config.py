@@ -102,6 +102,9 @@ class Settings:
     dek_pool_max_age: float = 30.0  # seconds a pooled DEK may wait (bounds rotation lag)
     log_format: str = "text"
     shutdown_grace: float = 25.0  # seconds in-flight requests get after SIGTERM
+    tls_cert: str | None = None  # PEM chain the listener serves (with tls_key)
+    tls_key: str | None = None
+    upstream_ca_bundle: str | None = None  # PEM CAs that verify the S3 endpoint's certificate
     # Which of the two were set explicitly: mitmdump's own flags may fill in the others.
     listen_explicit: bool = False
     endpoint_explicit: bool = False
@@ -301,6 +304,11 @@ def from_env(env: Mapping[str, str]) -> Settings:
         UPSTREAM_IDENTITIES,
     )
     listen = parse_address("CLOUDTASER_S3PROXY_LISTEN_ADDR", listen_raw or DEFAULT_LISTEN)
+    tls_cert = _get(env, "CLOUDTASER_S3PROXY_TLS_CERT")
+    tls_key = _get(env, "CLOUDTASER_S3PROXY_TLS_KEY")
+    if (tls_cert is None) != (tls_key is None):
+        missing = "CLOUDTASER_S3PROXY_TLS_KEY" if tls_key is None else "CLOUDTASER_S3PROXY_TLS_CERT"
+        raise ConfigError(missing, "required with the other TLS setting, not set")
     if not verify:
         if not listen.is_loopback:
             raise ConfigError(
@@ -396,6 +404,9 @@ def from_env(env: Mapping[str, str]) -> Settings:
             _get(env, "CLOUDTASER_S3PROXY_LOG_FORMAT") or "text",
             LOG_FORMATS,
         ),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        upstream_ca_bundle=_get(env, "CLOUDTASER_S3PROXY_UPSTREAM_CA_BUNDLE"),
         shutdown_grace=parse_duration(
             "CLOUDTASER_S3PROXY_SHUTDOWN_GRACE",
             _get(env, "CLOUDTASER_S3PROXY_SHUTDOWN_GRACE") or "25s",

@@ -756,8 +756,15 @@ def start_openbao_persistent(
 # S3 servers
 
 
-def s3_client(endpoint: str, access_key: str, secret_key: str, region: str = "us-east-1") -> Any:
-    """A boto3 S3 client with default settings: what an application would use against us."""
+def s3_client(
+    endpoint: str,
+    access_key: str,
+    secret_key: str,
+    region: str = "us-east-1",
+    verify: str | None = None,
+) -> Any:
+    """A boto3 S3 client with default settings: what an application would use against us.
+    ``verify``: a CA bundle for an HTTPS endpoint with a private CA."""
     import boto3
 
     return boto3.session.Session().client(
@@ -766,10 +773,13 @@ def s3_client(endpoint: str, access_key: str, secret_key: str, region: str = "us
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
         region_name=region,
+        verify=verify,
     )
 
 
-def _probe_client(endpoint: str, access_key: str, secret_key: str, region: str) -> Any:
+def _probe_client(
+    endpoint: str, access_key: str, secret_key: str, region: str, verify: str | None = None
+) -> Any:
     """An impatient client for readiness checks: one attempt, short timeouts."""
     import boto3
     from botocore.config import Config
@@ -782,6 +792,7 @@ def _probe_client(endpoint: str, access_key: str, secret_key: str, region: str) 
         aws_secret_access_key=secret_key,
         region_name=region,
         config=cfg,
+        verify=verify,
     )
 
 
@@ -799,10 +810,17 @@ class S3Server:
     name: str = "s3"
     startup_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    ca_bundle: str | None = None  # the CA of an HTTPS server's certificate
 
     def client(self, region: str | None = None) -> Any:
         """A default boto3 client straight to this server (bypassing any proxy)."""
-        return s3_client(self.endpoint, self.access_key, self.secret_key, region or self.region)
+        return s3_client(
+            self.endpoint,
+            self.access_key,
+            self.secret_key,
+            region or self.region,
+            verify=self.ca_bundle,
+        )
 
     def stop(self) -> int | None:
         return self.process.stop()
@@ -1029,15 +1047,20 @@ def start_moto(
     *,
     workdir: Path | str | None = None,
     timeout: float = 60.0,
+    tls: tuple[str, str, str] | None = None,
 ) -> S3Server:
     """moto's S3 in server mode (a subprocess). It accepts any credentials and signature.
 
-    Without ``workdir`` the log goes to a fresh temporary folder.
+    Without ``workdir`` the log goes to a fresh temporary folder. ``tls`` = (certificate, key,
+    CA bundle) serves HTTPS with that certificate.
     """
     workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="cloudtaser-moto-"))
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     argv = [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)]
+    if tls:
+        argv += ["-c", tls[0], "-k", tls[1]]
+    ca_bundle = tls[2] if tls else None
     t0 = time.monotonic()
     proc = ServerProcess(
         "moto",
@@ -1047,10 +1070,10 @@ def start_moto(
         cwd=workdir,
         stop_timeout=5.0,
     )
-    endpoint = f"http://{LOOPBACK}:{port}"
+    endpoint = f"{'https' if tls else 'http'}://{LOOPBACK}:{port}"
     access_key, secret_key = "moto-" + secrets.token_hex(6), secrets.token_hex(20)
     try:
-        probe = _probe_client(endpoint, access_key, secret_key, "us-east-1")
+        probe = _probe_client(endpoint, access_key, secret_key, "us-east-1", ca_bundle)
         wait_until(
             lambda: probe.list_buckets() is not None,
             timeout,
@@ -1068,6 +1091,7 @@ def start_moto(
         process=proc,
         name="moto",
         startup_seconds=time.monotonic() - t0,
+        ca_bundle=ca_bundle,
     )
 
 

@@ -11,7 +11,8 @@
 # CLOUDTASER_VENV tells run.sh to use the finished virtualenv as it is.
 #
 # The root filesystem can be read-only: the only place written is $HOME (/tmp), where mitmproxy
-# creates its confdir (/tmp/.mitmproxy) at every start. Mount an emptyDir (or --tmpfs) on /tmp.
+# creates its confdir (/tmp/.mitmproxy) at every start; with TLS on, the listener's combined key
+# and certificate go there too. Mount an in-memory emptyDir (or --tmpfs) on /tmp.
 # mitmdump runs as PID 1 and handles SIGTERM itself; no init process is needed.
 
 # Pinned to a full version tag. For reproducible builds add the digest as well:

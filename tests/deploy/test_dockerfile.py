@@ -272,6 +272,30 @@ def test_with_nothing_configured_the_entrypoint_names_the_missing_setting(tmp_pa
     assert list(tmp.iterdir()) == [], "nothing written before the settings are valid"
 
 
+def test_the_entrypoint_never_installs_into_a_broken_virtualenv(tmp_path):
+    """The image's root filesystem is read-only: a venv that is not usable must stop the start
+    with one line, not set off a pip install."""
+    if not run_sh_supports_prepared_venv():
+        pytest.skip("run.sh does not honour CLOUDTASER_VENV yet (the image depends on it)")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    empty = tmp_path / "empty-venv"
+    empty.mkdir()
+    done = subprocess.run(
+        entrypoint_argv(tmp),
+        env=entrypoint_env(tmp, {"CLOUDTASER_VENV": str(empty)}),
+        cwd=host_path(WORKDIR, tmp),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "CLOUDTASER_VENV" in done.stderr
+    assert list(empty.iterdir()) == [] and list(tmp.iterdir()) == []
+
+
 def test_with_a_valid_environment_the_entrypoint_serves_and_stops_on_sigterm(
     moto_s3, openbao, openbao_token, tmp_path
 ):

@@ -1,7 +1,8 @@
-"""``python -m cloudtaser_s3 <command>``: proxy, devstack, check-config."""
+"""``python -m cloudtaser_s3 <command>``: proxy, devstack, check-config, rewrap, migrate."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import sys
@@ -48,20 +49,63 @@ def proxy(extra: list[str]) -> int:
     return 0  # pragma: no cover
 
 
+def parser() -> argparse.ArgumentParser:
+    """The commands. ``proxy`` hands everything after it to mitmdump, so it is dispatched
+    before argparse sees it; it is listed here for --help."""
+    from . import migrate, rewrap
+
+    p = argparse.ArgumentParser(
+        prog="python -m cloudtaser_s3",
+        description="CloudTaser S3 encryption proxy and its operator commands. All of them "
+        "take their settings from the environment, as the proxy does.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("proxy", help="run the proxy (default); further arguments go to mitmdump")
+    sub.add_parser("devstack", help="run the local demo stack (OpenBao, SeaweedFS, the proxy)")
+    sub.add_parser("check-config", help="validate the environment and exit")
+    rewrap.add_arguments(
+        sub.add_parser(
+            "rewrap",
+            help="rewrap every object's data key with the Transit key's latest version "
+            "(metadata only, server-side copy)",
+            description="Rewrap the data key of every object under s3://BUCKET/PREFIX that "
+            "is wrapped by an older Transit key version, with Transit rewrap (batched), and "
+            "replace only its metadata by a server-side copy onto itself. No object data "
+            "passes through this command. Reruns skip what is up to date.",
+        )
+    )
+    migrate.add_arguments(
+        sub.add_parser(
+            "migrate",
+            help="encrypt, in place, objects stored before the proxy (plaintext)",
+            description="Encrypt in place every plaintext object under s3://BUCKET/PREFIX "
+            "(read, seal as the proxy does, write back under the same key with its content "
+            "headers, user metadata and tags). Reruns skip what is already encrypted.",
+        )
+    )
+    return p
+
+
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "proxy"
     if command == "proxy":
         return proxy(argv[1:])
-    if command == "devstack":
+    args = parser().parse_args(argv)
+    if args.command == "devstack":
         from .devstack import main as devstack_main
 
         return devstack_main()
-    if command == "check-config":
+    if args.command == "check-config":
         return 0 if check_config() is not None else 2
-    print(
-        "usage: python -m cloudtaser_s3 [proxy [mitmdump args] | devstack | check-config]",
-        file=sys.stderr,
-    )
+    if args.command == "rewrap":
+        from .rewrap import main as rewrap_main
+
+        return rewrap_main(args)
+    if args.command == "migrate":
+        from .migrate import main as migrate_main
+
+        return migrate_main(args)
+    parser().print_usage(sys.stderr)
     return 2
 
 

@@ -15,6 +15,7 @@ import enum
 import io
 import math
 import os
+import shlex
 import sys
 import threading
 import time
@@ -613,17 +614,17 @@ class Report:
             )
         if self.counts[Outcome.FAILED] or self.counts[Outcome.ATTENTION]:
             lines.append("note: see the FAILED/ATTENTION lines above for each object")
-        if self.resume_after is not None:
+        if self.resume_after:
             lines.append(
                 "resume: run again (finished objects are skipped), or add "
                 f"--start-after {shell_quote(self.resume_after)}"
             )
+        elif self.stopped:
+            lines.append("resume: run again (finished objects are skipped)")
         return "\n".join(lines)
 
 
 def shell_quote(text: str) -> str:
-    import shlex
-
     return shlex.quote(text)
 
 
@@ -794,7 +795,7 @@ class Runner:
         self.pool.shutdown(wait=True, cancel_futures=interrupted)
         self.progress.close()
         if interrupted or self.report.stopped:
-            self.report.resume_after = self.watermark.value or ""
+            self.report.resume_after = self.watermark.value
 
 
 def plan_parts(size: int, part_size: int) -> list[tuple[int, int, int]]:

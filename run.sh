@@ -5,10 +5,13 @@
 #   ./run.sh test     run the test suite (extra arguments go to pytest)
 #   ./run.sh bench    run the benchmark (bench/bench.py)
 #   ./run.sh proxy    run only the proxy against the configured Vault and S3 (production path)
+#   ./run.sh web      the same proxy under mitmweb, for interactive debugging (UI on 127.0.0.1:8081)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
-venv="$here/.venv"
+# CLOUDTASER_VENV: a finished virtualenv to use as it is (the container image's /opt/venv): run.sh
+# then never creates it or installs into it. Unset: .venv here, created and kept up to date.
+venv="${CLOUDTASER_VENV:-$here/.venv}"
 
 # The newest CPython we can find: mitmproxy 12 needs 3.12+, 3.11 gets mitmproxy 11.0.x.
 pick_python() {
@@ -29,6 +32,13 @@ pick_python() {
 }
 
 ensure_venv() {
+    if [ -n "${CLOUDTASER_VENV:-}" ]; then
+        if [ ! -x "$venv/bin/mitmdump" ] || ! "$venv/bin/python" -c 'import cloudtaser_s3' 2>/dev/null; then
+            echo "run.sh: CLOUDTASER_VENV=$venv has no cloudtaser_s3 and mitmdump installed" >&2
+            exit 1
+        fi
+        return
+    fi
     local stamp="$venv/.cloudtaser-installed"
     local want; want="$(cat pyproject.toml | sha256sum | cut -d' ' -f1)"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return; fi
@@ -63,6 +73,11 @@ case "$cmd" in
         ensure_venv
         exec "$venv/bin/python" -m cloudtaser_s3 proxy "$@"
         ;;
+    web)
+        shift
+        ensure_venv
+        exec "$venv/bin/python" -m cloudtaser_s3 web "$@"
+        ;;
     run)
         ensure_venv
         if [ -n "${VAULT_ADDR:-}" ]; then
@@ -71,7 +86,7 @@ case "$cmd" in
         exec "$venv/bin/python" -m cloudtaser_s3 devstack
         ;;
     *)
-        echo "usage: ./run.sh [test [pytest args] | bench | proxy]" >&2
+        echo "usage: ./run.sh [test [pytest args] | bench | proxy [mitmdump args] | web [mitmweb args]]" >&2
         exit 2
         ;;
 esac

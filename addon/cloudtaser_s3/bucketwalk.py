@@ -689,7 +689,7 @@ class Progress:
                 self._bar.write(line, file=self._out)
             short = {
                 Outcome.DONE: "would" if self._dry else self._labels.done,
-                Outcome.UP_TO_DATE: "ok",
+                Outcome.UP_TO_DATE: "current",
                 Outcome.CHANGED: "changed",
                 Outcome.FAILED: "failed",
                 Outcome.ATTENTION: "attention",

@@ -35,7 +35,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -289,8 +289,13 @@ class Stack:
     proxies: list[ls.ProxyProcess] = field(default_factory=list)
     token: str = ""
 
-    def start_proxy(self, name: str) -> ls.ProxyProcess:
-        """A proxy in front of the backend with the test suite's default environment."""
+    def start_proxy(
+        self, name: str, overrides: Mapping[str, str | None] | None = None
+    ) -> ls.ProxyProcess:
+        """A proxy in front of the backend with the test suite's default environment.
+
+        ``overrides`` go on top of it (a value of None removes a variable).
+        """
         assert self.bao is not None and self.s3 is not None
         env: dict[str, str | None] = {
             "S3_ENDPOINT": self.s3.endpoint,
@@ -303,6 +308,7 @@ class Stack:
             "AWS_ACCESS_KEY_ID": self.s3.access_key,
             "AWS_SECRET_ACCESS_KEY": self.s3.secret_key,
         }
+        env.update(overrides or {})
         proxy = ls.start_proxy(env, self.workdir / name)
         self.proxies.append(proxy)
         return proxy

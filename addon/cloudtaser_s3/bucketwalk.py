@@ -114,6 +114,16 @@ def add_common_arguments(parser: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
 
 
+def keys_for_prefix(settings: config.Settings, bucket: str, prefix: str) -> list[str]:
+    """The Transit keys the proxy wraps new objects under ``bucket/prefix`` with: the key for
+    the prefix itself, and those of CLOUDTASER_S3PROXY_TRANSIT_KEYS routes nested below it."""
+    names = [config.transit_key_for(settings, bucket, prefix)]
+    for route in settings.transit_key_map:
+        if route.bucket == bucket and route.prefix.startswith(prefix) and route.key not in names:
+            names.append(route.key)
+    return names
+
+
 def chunked(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
     chunk: list[Any] = []
     for item in items:
@@ -236,6 +246,11 @@ def is_changed(e: ClientError) -> bool:
         "NoSuchKey",
         "ConditionalRequestConflict",
     )
+
+
+def one_line(text: str) -> str:
+    """Vault's and the stores' messages span lines; reports show one line per object."""
+    return " ".join(text.split())
 
 
 def describe(e: BaseException) -> str:
@@ -592,7 +607,7 @@ class Report:
         out.update({name: n for name, _, n in self.rows()})
         out["seconds"] = round(time.monotonic() - self.started, 3)
         out["notes"] = list(self.notes)
-        out["stopped"] = self.stopped
+        out["stopped"] = one_line(self.stopped) if self.stopped else None
         out["resume_after"] = self.resume_after
         out["exit_code"] = self.exit_code()
         return out
@@ -604,7 +619,7 @@ class Report:
         width = max(len(label) for _, label, _ in self.rows())
         lines += [f"  {label:<{width}}  {n:>9}" for _, label, n in self.rows()]
         if self.stopped:
-            lines.append(f"stopped: {self.stopped}")
+            lines.append(f"stopped: {one_line(self.stopped)}")
         for note in self.notes:
             lines.append(f"note: {note}")
         if self.counts[Outcome.CHANGED]:
@@ -701,6 +716,7 @@ class Progress:
             self._bar.update(1)
 
     def _line(self, r: Result) -> str | None:
+        r = Result(r.key, r.outcome, one_line(r.detail))
         if r.outcome is Outcome.FAILED:
             return f"FAILED {r.key}: {r.detail}"
         if r.outcome is Outcome.ATTENTION:
@@ -785,7 +801,7 @@ class Runner:
         def safe(item: Any) -> Any:
             try:
                 return fn(item)
-            except Exception as e:  # noqa: BLE001 - reported per object
+            except Exception as e:  # reported per object by the caller
                 return e
 
         return list(self.pool.map(safe, items))

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import quote
 
+import hvac.exceptions
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import config, envelope
@@ -56,6 +57,7 @@ from .bucketwalk import (
     describe,
     head,
     is_changed,
+    keys_for_prefix,
     object_tagging,
     parse_s3_url,
     parse_size_arg,
@@ -229,7 +231,7 @@ def verify_written(
     now = head(access, key)
     if now is None:
         return Result(key, Outcome.CHANGED, "deleted right after it was migrated")
-    if etag and now.etag != etag:
+    if etag and now.etag.strip('"') != etag.strip('"'):
         return Result(key, Outcome.DONE, what)
     if now.headers.get(META_ALG) != ALG or now.size != stored_length:
         return Result(
@@ -412,16 +414,16 @@ def run(args: argparse.Namespace, settings: config.Settings, bucket: str, prefix
     check_sizes(args.part_size, args.multipart_threshold)
     access = connect(settings, bucket, args.concurrency)
     transit = Transit(settings)
+    keys = keys_for_prefix(settings, bucket, prefix)
     try:
         transit.login()
-    except VaultUnavailable as e:
+        for name in keys:
+            transit.latest_version(name)  # the key exists and the token may read it
+    except (VaultUnavailable, hvac.exceptions.VaultError) as e:
         raise ToolError(f"Vault: {e}") from None
-    problem = transit.readiness_problem()
-    if problem:
-        raise ToolError(f"Vault: {problem}")
     transit.start_keeper()  # a long run outlives a Kubernetes login's token
     try:
-        return _run(args, settings, bucket, prefix, access, transit)
+        return _run(args, settings, bucket, prefix, access, transit, keys)
     finally:
         transit.stop_keeper()
 
@@ -433,10 +435,11 @@ def _run(
     prefix: str,
     access: StoreAccess,
     transit: Transit,
+    keys: list[str],
 ) -> int:
     print(
         f"cloudtaser migrate: s3://{bucket}/{prefix}, encrypting plaintext objects with "
-        f"Transit key {', '.join(transit.key_names())}"
+        f"Transit key {', '.join(keys)}"
         + (" - dry run, nothing is written" if args.dry_run else ""),
         file=sys.stderr,
     )

@@ -34,6 +34,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import hvac.exceptions
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import config
@@ -59,6 +60,7 @@ from .bucketwalk import (
     describe,
     head,
     is_changed,
+    keys_for_prefix,
     object_tagging,
     parse_s3_url,
     part_extents,
@@ -143,21 +145,27 @@ class Plan:
 
 
 class LatestVersions:
-    """Each Transit key's latest version, read once per run (and per key name met)."""
+    """Each Transit key's latest version, read once per run and key name met; a key that
+    cannot be read is asked once, and every object naming it fails with the same reason."""
 
     def __init__(self, transit: Transit):
         self._transit = transit
         self._lock = threading.Lock()
-        self._known: dict[str, int] = {}
+        self._known: dict[str, int | Exception] = {}
 
     def get(self, key_name: str) -> int:
         with self._lock:
-            if key_name in self._known:
-                return self._known[key_name]
-        version = self._transit.latest_version(key_name)
-        with self._lock:
-            self._known[key_name] = version
-        return version
+            known = self._known.get(key_name)
+        if known is None:
+            try:
+                known = self._transit.latest_version(key_name)
+            except (VaultUnavailable, hvac.exceptions.VaultError) as e:
+                known = VaultUnavailable(f"cannot read Transit key {key_name!r}: {e}")
+            with self._lock:
+                self._known[key_name] = known
+        if isinstance(known, Exception):
+            raise known
+        return known
 
 
 def rewrap_batch(transit: Transit, key_name: str, wrapped: list[str]) -> list[str | Exception]:
@@ -345,7 +353,7 @@ def run(args: argparse.Namespace, settings: config.Settings, bucket: str, prefix
     versions = LatestVersions(transit)
     try:
         transit.login()
-        latest = {name: versions.get(name) for name in transit.key_names()}
+        latest = {name: versions.get(name) for name in keys_for_prefix(settings, bucket, prefix)}
     except VaultUnavailable as e:
         raise ToolError(f"Vault: {e}") from None
     transit.start_keeper()  # a long run outlives a Kubernetes login's token

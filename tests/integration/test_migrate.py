@@ -156,7 +156,7 @@ def test_migrate_a_plaintext_bucket_in_place(rig: Rig) -> None:
     put("segments.bin", os.urandom(200 * 1024 + 7))
     put("weird key ü+%.bin", b"unicode and reserved characters in the key")
     big = os.urandom(7 * MiB + 3)
-    put("big.bin", big, ContentType="application/x-big", Metadata={"size": "big"})
+    put("big.bin", big, ContentType="application/x-big", Metadata={"size": "big"}, Tagging="t=1")
 
     # Refusing plaintext only concerns reads: this proxy writes, and later reads everything.
     proxy = refusing_proxy(rig, k)
@@ -213,6 +213,8 @@ def test_migrate_a_plaintext_bucket_in_place(rig: Rig) -> None:
     assert big_head["ETag"].strip('"').endswith("-2")
     assert big_head["ContentType"] == "application/x-big"
     assert big_head["Metadata"]["size"] == "big"
+    tags = s3.get_object_tagging(Bucket=b, Key=p + "big.bin")["TagSet"]
+    assert [(t["Key"], t["Value"]) for t in tags] == [("t", "1")]
     assert s3.head_object(Bucket=b, Key=p + "lost-metadata")["ETag"] == lost_etag
 
     # Switched to refuse plaintext: every migrated object reads, whole, by range and by HEAD.

@@ -71,6 +71,7 @@ class Keyed:
     via: Any
     cli_env: dict[str, str]
     root: Any
+    proxy_token: str
 
     def rotate(self, mount: str) -> None:
         self.root.secrets.transit.rotate_key(name=self.key, mount_point=mount)
@@ -94,7 +95,7 @@ def keyed(rig: Rig) -> Keyed:
     env = proxy_default_env(rig.backend, bao, operator_token)
     env["CLOUDTASER_S3PROXY_TRANSIT_KEY"] = key
     via = proxy.client(rig.backend.access_key, rig.backend.secret_key)
-    return Keyed(key, proxy, via, env, root)
+    return Keyed(key, proxy, via, env, root, proxy_token)
 
 
 def fresh_reader(rig: Rig, k: Keyed) -> Any:
@@ -193,7 +194,13 @@ def test_rotate_rewrap_then_retire_old_versions(rig: Rig) -> None:
     put("v1/seg", os.urandom(3 * 65536 + 5))
     mp_parts = [os.urandom(5 * MiB + 123), os.urandom(5 * MiB), os.urandom(777)]
     upload_parts(
-        k.via, b, p + "v1/multi", mp_parts, ContentType="video/x-test", Metadata={"m": "1"}
+        k.via,
+        b,
+        p + "v1/multi",
+        mp_parts,
+        ContentType="video/x-test",
+        Metadata={"m": "1"},
+        Tagging="kind=video",
     )
     data[p + "v1/multi"] = b"".join(mp_parts)
     k.rotate(mount)
@@ -252,6 +259,8 @@ def test_rotate_rewrap_then_retire_old_versions(rig: Rig) -> None:
     tags = rig.direct.get_object_tagging(Bucket=b, Key=p + "v1/doc.txt")["TagSet"]
     assert sorted((t["Key"], t["Value"]) for t in tags) == [("team", "blue"), ("tier", "1")]
     assert stored(rig, multi)["ETag"].strip('"').endswith("-3")
+    tags = rig.direct.get_object_tagging(Bucket=b, Key=multi)["TagSet"]
+    assert [(t["Key"], t["Value"]) for t in tags] == [("kind", "video")]
     assert part_lengths(rig, multi, 3) == lengths_before
     assert stored(rig, p + "plain")["ETag"] == plain_etag
 
@@ -323,7 +332,8 @@ def test_a_concurrent_application_write_wins(rig: Rig) -> None:
 
 def test_resume_after_a_key_and_failures_are_reported(rig: Rig) -> None:
     """--start-after skips what an interrupted run finished; an object whose key Transit can
-    no longer rewrap fails on its own, without stopping the others, and the exit is 1."""
+    no longer rewrap fails on its own, without stopping the others, and the exit is 1; a
+    token without the rewrap policy stops the run at the first batch."""
     if rig.name == "moto":
         pytest.skip("command-line behaviour: one store is enough")
     k = keyed(rig)
@@ -345,6 +355,13 @@ def test_resume_after_a_key_and_failures_are_reported(rig: Rig) -> None:
     assert (summary(proc)["scanned"], summary(proc)["done"]) == (2, 2)
     versions = {n: stored(rig, f"resume/{n}")["Metadata"]["cloudtaser-key-version"] for n in "abcd"}
     assert versions == {"a": "1", "b": "1", "c": "2", "d": "2"}
+
+    # The proxy's own token may encrypt, decrypt and read the key, but not rewrap.
+    proc = cli({**k.cli_env, "VAULT_TOKEN": k.proxy_token}, "rewrap", f"s3://{b}/resume/")
+    assert proc.returncode == 1
+    assert "stopped: Vault: Vault refused the request" in proc.stdout
+    assert "permission denied" in proc.stdout
+    assert "resume: run again" in proc.stdout
 
     # Objects below min_decryption_version cannot be rewrapped any more: reported, exit 1.
     k.rotate(mount)

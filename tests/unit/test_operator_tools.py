@@ -382,3 +382,21 @@ def test_command_line_refuses_before_any_request(
     assert "is not an s3://bucket[/prefix] URL" in capsys.readouterr().err
     assert cli.main(["migrate", "s3://b", "--part-size", "1Mi"]) == 2
     assert "--part-size" in capsys.readouterr().err
+
+
+def test_transit_keys_a_prefix_uses() -> None:
+    from cloudtaser_s3 import config
+
+    settings = config.from_env(
+        {
+            "VAULT_ADDR": "http://127.0.0.1:9",
+            "VAULT_AUTH_METHOD": "token",
+            "VAULT_TOKEN": "t",
+            "CLOUDTASER_S3PROXY_TRANSIT_KEY": "default-key",
+            "CLOUDTASER_S3PROXY_TRANSIT_KEYS": "bkt/tenant-a/=key-a,bkt=key-b,other=key-c",
+        }
+    )
+    assert bw.keys_for_prefix(settings, "bkt", "") == ["key-b", "key-a"]
+    assert bw.keys_for_prefix(settings, "bkt", "tenant-a/x") == ["key-a"]
+    assert bw.keys_for_prefix(settings, "bkt", "tenant-b/") == ["key-b"]
+    assert bw.keys_for_prefix(settings, "zzz", "") == ["default-key"]

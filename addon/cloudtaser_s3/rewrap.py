@@ -358,14 +358,13 @@ def run(args: argparse.Namespace, settings: config.Settings, bucket: str, prefix
         raise ToolError(f"Vault: {e}") from None
     transit.start_keeper()  # a long run outlives a Kubernetes login's token
     try:
-        return _run(args, settings, bucket, prefix, access, transit, versions, latest)
+        return _run(args, bucket, prefix, access, transit, versions, latest)
     finally:
         transit.stop_keeper()
 
 
 def _run(
     args: argparse.Namespace,
-    settings: config.Settings,
     bucket: str,
     prefix: str,
     access: StoreAccess,

@@ -35,9 +35,9 @@ COPY addon/ addon/
 
 # --only-binary: every dependency ships manylinux wheels (mitmproxy_rs, cryptography, awscrt,
 # ...), so neither stage needs a compiler, and a dependency that would need one fails the build
-# here instead of pulling in a toolchain. Editable (-e) on purpose: `python -m cloudtaser_s3
-# proxy` hands mitmdump the script addon/cloudtaser.py next to the package, which a regular
-# install leaves out; the editable install points the venv at /app/addon, copied below as is.
+# here instead of pulling in a toolchain. Editable (-e): the venv points at /app/addon, copied
+# below as is, so the image runs exactly the files the tests ran (the mitmproxy script ships
+# inside the package, cloudtaser_s3/entry/, so a regular install would work as well).
 # Byte code is compiled here, since the read-only image cannot write it at start.
 RUN /opt/venv/bin/pip install --only-binary=:all: -e . \
     && /opt/venv/bin/python -m compileall -q --invalidation-mode checked-hash addon

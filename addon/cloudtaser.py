@@ -6,6 +6,6 @@ Configuration comes from the environment (see README.md). The logic lives in the
 ``cloudtaser_s3`` package; this file only hands mitmproxy the addon.
 """
 
-from cloudtaser_s3.addon import CloudTaser
+from cloudtaser_s3.entry.cloudtaser import addons
 
-addons = [CloudTaser()]
+__all__ = ["addons"]

@@ -1,4 +1,4 @@
-"""``python -m cloudtaser_s3 <command>``: proxy, devstack, check-config, rewrap, migrate."""
+"""``python -m cloudtaser_s3 <command>``: proxy, web, devstack, check-config, rewrap, migrate."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 
 from . import config
 
-SCRIPT = Path(__file__).resolve().parent.parent / "cloudtaser.py"
+SCRIPT = Path(__file__).resolve().parent / "entry" / "cloudtaser.py"
+WEB_DEFAULTS = {"web_host": "127.0.0.1", "web_open_browser": "false"}
 
 
 def check_config() -> config.Settings | None:
@@ -34,18 +35,28 @@ def mitmdump_args(settings: config.Settings, extra: list[str]) -> list[str]:
     return args
 
 
-def proxy(extra: list[str]) -> int:
-    """Validate the settings, then become mitmdump with the addon (the production path)."""
+def web_args(extra: list[str]) -> list[str]:
+    """mitmweb's UI on loopback and no browser, unless the caller said otherwise."""
+    given = " ".join(extra)
+    defaults = [f"{k}={v}" for k, v in WEB_DEFAULTS.items() if k not in given]
+    return [a for d in defaults for a in ("--set", d)]
+
+
+def proxy(extra: list[str], tool: str = "mitmdump") -> int:
+    """Validate the settings, then become mitmdump (or mitmweb) with the addon: the
+    production path, and the debugging one with the very same settings."""
     settings = check_config()
     if settings is None:
         return 2
-    mitmdump = shutil.which("mitmdump", path=str(Path(sys.executable).parent)) or shutil.which(
-        "mitmdump"
-    )
-    if mitmdump is None:
-        print("cloudtaser: mitmdump is not installed next to this Python", file=sys.stderr)
+    here = str(Path(sys.executable).parent)
+    binary = shutil.which(tool, path=here) or shutil.which(tool)
+    if binary is None:
+        print(f"cloudtaser: {tool} is not installed next to this Python", file=sys.stderr)
         return 2
-    os.execv(mitmdump, [mitmdump, *mitmdump_args(settings, extra)])
+    args = mitmdump_args(settings, extra)
+    if tool == "mitmweb":
+        args = web_args(extra) + args
+    os.execv(binary, [binary, *args])
     return 0  # pragma: no cover
 
 
@@ -61,6 +72,10 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("proxy", help="run the proxy (default); further arguments go to mitmdump")
+    sub.add_parser(
+        "web",
+        help="the same proxy under mitmweb (UI on 127.0.0.1:8081); further arguments go to mitmweb",
+    )
     sub.add_parser("devstack", help="run the local demo stack (OpenBao, SeaweedFS, the proxy)")
     sub.add_parser("check-config", help="validate the environment and exit")
     rewrap.add_arguments(
@@ -90,6 +105,8 @@ def main(argv: list[str]) -> int:
     command = argv[0] if argv else "proxy"
     if command == "proxy":
         return proxy(argv[1:])
+    if command == "web":
+        return proxy(argv[1:], tool="mitmweb")
     args = parser().parse_args(argv)
     if args.command == "devstack":
         from .devstack import main as devstack_main

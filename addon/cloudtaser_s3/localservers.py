@@ -1205,8 +1205,10 @@ def start_proxy(
     stop_timeout: float = 10.0,
     extra_args: Sequence[str] = (),
     wait_for: str = "readyz",
+    command: str = "proxy",
 ) -> ProxyProcess:
     """Run ``python -m cloudtaser_s3 proxy [extra_args]`` and wait until /<wait_for> is 200.
+    ``command="web"`` runs the same proxy under mitmweb.
 
     ``extra_args`` go to mitmdump (a test's fault-injection script, say); ``wait_for="healthz"``
     starts a proxy that is not expected to become ready. See proxy_env for how the environment
@@ -1215,7 +1217,7 @@ def start_proxy(
     """
     workdir = Path(workdir)
     child_env, endpoint, health = proxy_env(env, workdir)
-    argv = [sys.executable, "-m", "cloudtaser_s3", "proxy", *extra_args]
+    argv = [sys.executable, "-m", "cloudtaser_s3", command, *extra_args]
     t0 = time.monotonic()
     proc = ServerProcess(
         "proxy",

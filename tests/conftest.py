@@ -100,6 +100,39 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     server.stop()
 
 
+def no_retry_client(
+    proxy: ProxyProcess, backend: S3Server, secret_key: str | None = None, **config
+):
+    """A boto3 client through ``proxy`` with ``backend``'s key pair that tries every call once,
+    so a test sees each error as the proxy gave it. ``config`` adds botocore Config settings."""
+    import boto3
+    from botocore.config import Config
+
+    settings = {"retries": {"total_max_attempts": 1}, "connect_timeout": 5, "read_timeout": 30}
+    return boto3.client(
+        "s3",
+        endpoint_url=proxy.endpoint,
+        aws_access_key_id=backend.access_key,
+        aws_secret_access_key=secret_key or backend.secret_key,
+        region_name=REGION,
+        config=Config(**{**settings, **config}),
+    )
+
+
+def http_status(url: str, timeout: float = 5) -> int | None:
+    """The status a GET of ``url`` answers with; None when nothing answers."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
+
+
 def proxy_default_env(backend: S3Server, openbao: OpenBao, token: str) -> dict[str, str]:
     """The environment a test proxy gets before overrides."""
     return {

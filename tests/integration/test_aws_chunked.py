@@ -12,14 +12,13 @@ import uuid
 from datetime import UTC, datetime
 from urllib.parse import urlparse, urlsplit
 
-import boto3
 import botocore.exceptions
 import botocore.httpchecksum
 import pytest
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.config import Config
 from botocore.credentials import Credentials
+from conftest import no_retry_client
 
 from cloudtaser_s3 import envelope, sigv4
 
@@ -44,17 +43,6 @@ def bucket(seaweedfs):
     return name
 
 
-def client(proxy, backend, **config):
-    return boto3.client(
-        "s3",
-        endpoint_url=proxy.endpoint,
-        aws_access_key_id=backend.access_key,
-        aws_secret_access_key=backend.secret_key,
-        region_name="us-east-1",
-        config=Config(retries={"total_max_attempts": 1}, **config),
-    )
-
-
 def stored(seaweedfs, bucket, key) -> bytes | None:
     try:
         return seaweedfs.client().get_object(Bucket=bucket, Key=key)["Body"].read()
@@ -67,7 +55,7 @@ def stored(seaweedfs, bucket, key) -> bytes | None:
 def test_boto3_trailing_checksum_uploads(
     trailers_over_http, proxy_seaweedfs, seaweedfs, bucket, size, algorithm
 ):
-    s3 = client(proxy_seaweedfs, seaweedfs, request_checksum_calculation="when_supported")
+    s3 = no_retry_client(proxy_seaweedfs, seaweedfs, request_checksum_calculation="when_supported")
     seen = {}
     s3.meta.events.register(
         "before-send.s3.PutObject",
@@ -91,7 +79,7 @@ def test_boto3_trailing_checksum_uploads(
 def test_a_wrong_trailing_checksum_stores_nothing(
     trailers_over_http, proxy_seaweedfs, seaweedfs, bucket
 ):
-    s3 = client(proxy_seaweedfs, seaweedfs)
+    s3 = no_retry_client(proxy_seaweedfs, seaweedfs)
 
     def corrupt(request, **_):
         """Same length, another CRC32 in the trailer."""
@@ -154,7 +142,7 @@ def test_signed_chunks_are_verified_and_decoded(proxy_seaweedfs, seaweedfs, buck
     data = os.urandom(300_000)
     status, _ = signed_chunked_put(proxy_seaweedfs, seaweedfs, bucket, "signed-chunks", data)
     assert status == 200, _
-    s3 = client(proxy_seaweedfs, seaweedfs)
+    s3 = no_retry_client(proxy_seaweedfs, seaweedfs)
     assert s3.get_object(Bucket=bucket, Key="signed-chunks")["Body"].read() == data
     at_rest = stored(seaweedfs, bucket, "signed-chunks")
     assert at_rest is not None and b";chunk-signature=" not in at_rest
@@ -174,7 +162,7 @@ def test_a_chunk_that_does_not_match_its_signature_stores_nothing(
 def test_multipart_upload_file_with_trailing_checksums(
     trailers_over_http, proxy_seaweedfs, seaweedfs, bucket, tmp_path
 ):
-    s3 = client(proxy_seaweedfs, seaweedfs)
+    s3 = no_retry_client(proxy_seaweedfs, seaweedfs)
     src = tmp_path / "src"
     src.write_bytes(os.urandom(20 * 2**20))
     s3.upload_file(str(src), bucket, "chunked-multipart")

@@ -11,8 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import urllib.error
-import urllib.request
 import uuid
 import zlib
 from pathlib import Path
@@ -21,26 +19,13 @@ from urllib.parse import urlsplit
 import botocore.exceptions
 import pytest
 from botocore.config import Config
-from conftest import proxy_default_env
+from conftest import http_status, no_retry_client, proxy_default_env
 from faultproxy import FaultProxy
 
 from cloudtaser_s3 import localservers as ls
 from cloudtaser_s3.localservers import s3_client
 
 FAULTS = Path(__file__).resolve().parent.parent / "faults"
-
-
-def no_retry_client(proxy, backend):
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=proxy.endpoint,
-        aws_access_key_id=backend.access_key,
-        aws_secret_access_key=backend.secret_key,
-        region_name="us-east-1",
-        config=Config(retries={"total_max_attempts": 1}, read_timeout=20, connect_timeout=5),
-    )
 
 
 def error_code(excinfo) -> tuple[str, int]:
@@ -54,14 +39,6 @@ def missing(direct, bucket, key) -> bool:
     except botocore.exceptions.ClientError as e:
         return e.response["ResponseMetadata"]["HTTPStatusCode"] == 404
     return False
-
-
-def http_status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,9 @@ import os
 import urllib.request
 import uuid
 
-import boto3
 import botocore.exceptions
 import pytest
-from botocore.config import Config
+from conftest import no_retry_client
 from prometheus_client.parser import text_string_to_metric_families
 
 SECRET_KEY_NAME = "customers/jane-doe/passport.pdf"
@@ -22,17 +21,6 @@ def bucket(seaweedfs) -> str:
     name = f"observe-{uuid.uuid4().hex[:12]}"
     seaweedfs.client().create_bucket(Bucket=name)
     return name
-
-
-def client(proxy, backend, secret=None):
-    return boto3.client(
-        "s3",
-        endpoint_url=proxy.endpoint,
-        aws_access_key_id=backend.access_key,
-        aws_secret_access_key=secret or backend.secret_key,
-        region_name="us-east-1",
-        config=Config(retries={"total_max_attempts": 1}),
-    )
 
 
 def scrape(proxy) -> tuple[str, dict[tuple[str, tuple], float]]:
@@ -47,12 +35,13 @@ def scrape(proxy) -> tuple[str, dict[tuple[str, tuple], float]]:
 
 
 def exercise(proxy, backend, bucket) -> bytes:
-    s3 = client(proxy, backend)
+    s3 = no_retry_client(proxy, backend)
     body = os.urandom(300_000)
     s3.put_object(Bucket=bucket, Key=SECRET_KEY_NAME, Body=body)
     assert s3.get_object(Bucket=bucket, Key=SECRET_KEY_NAME)["Body"].read() == body
     with pytest.raises(botocore.exceptions.ClientError):
-        client(proxy, backend, secret="wrong").get_object(Bucket=bucket, Key=SECRET_KEY_NAME)
+        wrong = no_retry_client(proxy, backend, secret_key="wrong")
+        wrong.get_object(Bucket=bucket, Key=SECRET_KEY_NAME)
     return body
 
 

@@ -18,10 +18,9 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import boto3
 import botocore.exceptions
 import pytest
-from botocore.config import Config
+from conftest import no_retry_client
 
 MiB = 2**20
 
@@ -31,17 +30,6 @@ def bucket(seaweedfs) -> str:
     name = f"scale-{uuid.uuid4().hex[:12]}"
     seaweedfs.client().create_bucket(Bucket=name)
     return name
-
-
-def client(proxy, backend):
-    return boto3.client(
-        "s3",
-        endpoint_url=proxy.endpoint,
-        aws_access_key_id=backend.access_key,
-        aws_secret_access_key=backend.secret_key,
-        region_name="us-east-1",
-        config=Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=30),
-    )
 
 
 class RoundRobin:
@@ -73,7 +61,7 @@ class RoundRobin:
 
 def test_three_replicas_one_killed_nothing_lost(proxy_factory, seaweedfs, bucket):
     proxies = [proxy_factory(seaweedfs) for _ in range(3)]
-    rr = RoundRobin([client(p, seaweedfs) for p in proxies])
+    rr = RoundRobin([no_retry_client(p, seaweedfs) for p in proxies])
     victim = 1
 
     # A multipart upload whose parts are spread over the replicas.
@@ -139,7 +127,7 @@ def test_three_replicas_one_killed_nothing_lost(proxy_factory, seaweedfs, bucket
     )
 
     # Everything acknowledged reads back intact, through a replica that never saw any of it.
-    fresh = client(proxy_factory(seaweedfs), seaweedfs)
+    fresh = no_retry_client(proxy_factory(seaweedfs), seaweedfs)
     assert fresh.get_object(Bucket=bucket, Key=key)["Body"].read() == b"".join(parts)
     for k, digest in written.items():
         got = fresh.get_object(Bucket=bucket, Key=k)["Body"].read()

@@ -12,19 +12,15 @@ import signal
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from urllib.parse import urlsplit
 
-import boto3
 import botocore.exceptions
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.config import Config
 from botocore.credentials import Credentials
-from conftest import proxy_default_env
+from conftest import http_status, no_retry_client, proxy_default_env
 
 from cloudtaser_s3 import localservers as ls
 
@@ -36,27 +32,6 @@ def bucket(seaweedfs) -> str:
     name = f"shutdown-{uuid.uuid4().hex[:12]}"
     seaweedfs.client().create_bucket(Bucket=name)
     return name
-
-
-def client(proxy, backend):
-    return boto3.client(
-        "s3",
-        endpoint_url=proxy.endpoint,
-        aws_access_key_id=backend.access_key,
-        aws_secret_access_key=backend.secret_key,
-        region_name="us-east-1",
-        config=Config(retries={"total_max_attempts": 1}, read_timeout=60),
-    )
-
-
-def status_of(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return None
 
 
 def accepts_connections(endpoint: str) -> bool:
@@ -122,7 +97,7 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(
     }
     proxy = ls.start_proxy(env, tmp_path, stop_timeout=40)
     try:
-        s3 = client(proxy, seaweedfs)
+        s3 = no_retry_client(proxy, seaweedfs)
         big = os.urandom(24 * MiB)
         s3.put_object(Bucket=bucket, Key="big", Body=big)
         upload = os.urandom(4 * MiB)
@@ -139,7 +114,7 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(
         time.sleep(1)  # both are in flight now; the upload goes on for 3 more seconds
         os.kill(proxy.pid, signal.SIGTERM)
         time.sleep(0.3)
-        assert status_of(proxy.readyz) == 503
+        assert http_status(proxy.readyz) == 503
         assert not accepts_connections(proxy.endpoint)
         for t in threads:
             t.join(60)
@@ -153,10 +128,8 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(
     # And the object written during the drain reads back through a new proxy.
     again = ls.start_proxy(env, tmp_path / "again")
     try:
-        assert (
-            client(again, seaweedfs).get_object(Bucket=bucket, Key="slow-up")["Body"].read()
-            == upload
-        )
+        s3 = no_retry_client(again, seaweedfs)
+        assert s3.get_object(Bucket=bucket, Key="slow-up")["Body"].read() == upload
     finally:
         again.stop()
 

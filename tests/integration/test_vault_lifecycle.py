@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import os
 import time
-import urllib.error
-import urllib.request
 import uuid
 from urllib.parse import urlsplit
 
-import boto3
 import botocore.exceptions
 import pytest
 from botocore.config import Config
-from conftest import proxy_default_env
+from conftest import http_status, no_retry_client, proxy_default_env
 from faultproxy import FaultProxy
 from k8s_tokenreview import TokenReviewServer
 
@@ -43,27 +40,6 @@ def transit_key(openbao) -> str:
     name = f"lifecycle-{uuid.uuid4().hex[:8]}"
     openbao.client().secrets.transit.create_key(name, mount_point=openbao.transit_mount)
     return name
-
-
-def client(proxy, backend):
-    return boto3.client(
-        "s3",
-        endpoint_url=proxy.endpoint,
-        aws_access_key_id=backend.access_key,
-        aws_secret_access_key=backend.secret_key,
-        region_name="us-east-1",
-        config=NO_RETRY,
-    )
-
-
-def status_of(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return None
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:
@@ -137,7 +113,7 @@ def test_kubernetes_tokens_are_renewed_and_replaced_while_requests_keep_working(
             "CLOUDTASER_S3PROXY_DEK_CACHE_SIZE": "0",
         }
         with ls.start_proxy(env, tmp_path / "proxy", wait_for="healthz") as proxy:
-            s3 = client(proxy, seaweedfs)
+            s3 = no_retry_client(proxy, seaweedfs)
             deadline = time.monotonic() + 16
             n = 0
             while time.monotonic() < deadline:
@@ -162,12 +138,12 @@ def test_a_renewable_vault_token_is_renewed_past_its_ttl(openbao, seaweedfs, buc
     token = ls.create_policy_token(openbao.addr, openbao.root_token, openbao.policy, ttl="6s")
     env = {**proxy_default_env(seaweedfs, openbao, token), "CLOUDTASER_S3PROXY_DEK_CACHE_SIZE": "0"}
     with ls.start_proxy(env, tmp_path, wait_for="healthz") as proxy:
-        s3 = client(proxy, seaweedfs)
+        s3 = no_retry_client(proxy, seaweedfs)
         put_and_read(s3, bucket, "token-before")
         time.sleep(13)  # more than twice the token's TTL
         put_and_read(s3, bucket, "token-renewed")
         assert log_count(proxy, "renewed the Vault token") >= 2
-        assert status_of(proxy.readyz) == 200
+        assert http_status(proxy.readyz) == 200
 
 
 # ------------------------------------------------------------------ outages
@@ -185,11 +161,11 @@ def test_an_outage_keeps_cached_reads_refuses_writes_and_heals_itself(
             CLOUDTASER_S3PROXY_VAULT_TIMEOUT="1s",
             CLOUDTASER_S3PROXY_VAULT_RETRIES="1",
         )
-        s3 = client(proxy, seaweedfs)
+        s3 = no_retry_client(proxy, seaweedfs)
         s3.put_object(Bucket=bucket, Key="outage/read-before", Body=b"cached")
         assert s3.get_object(Bucket=bucket, Key="outage/read-before")["Body"].read() == b"cached"
         s3.put_object(Bucket=bucket, Key="outage/never-read", Body=b"not cached")
-        wait_for(lambda: status_of(proxy.readyz) == 200, 10, "ready")
+        wait_for(lambda: http_status(proxy.readyz) == 200, 10, "ready")
 
         fault.refuse()
         started = time.monotonic()
@@ -205,10 +181,10 @@ def test_an_outage_keeps_cached_reads_refuses_writes_and_heals_itself(
         with pytest.raises(botocore.exceptions.ClientError) as e:
             s3.get_object(Bucket=bucket, Key="outage/never-read")
         assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
-        wait_for(lambda: status_of(proxy.readyz) == 503, 15, "/readyz 503")
+        wait_for(lambda: http_status(proxy.readyz) == 503, 15, "/readyz 503")
 
         fault.heal()  # no restart: everything comes back by itself
-        wait_for(lambda: status_of(proxy.readyz) == 200, 15, "/readyz 200")
+        wait_for(lambda: http_status(proxy.readyz) == 200, 15, "/readyz 200")
         put_and_read(s3, bucket, "outage/after")
         assert s3.get_object(Bucket=bucket, Key="outage/never-read")["Body"].read() == b"not cached"
     finally:
@@ -224,7 +200,7 @@ def test_after_rotation_new_objects_use_the_new_version_and_old_ones_still_read(
     proxy = proxy_factory(
         seaweedfs, VAULT_TOKEN=openbao.root_token, CLOUDTASER_S3PROXY_TRANSIT_KEY=transit_key
     )
-    s3 = client(proxy, seaweedfs)
+    s3 = no_retry_client(proxy, seaweedfs)
     s3.put_object(Bucket=bucket, Key="rotation/old", Body=b"v1 object")
     assert stored_meta(seaweedfs, bucket, "rotation/old")["cloudtaser-key-version"] == "1"
 
@@ -247,7 +223,7 @@ def test_the_data_key_pool_follows_a_rotation_within_its_max_age(
         CLOUDTASER_S3PROXY_DEK_POOL_SIZE="4",
         CLOUDTASER_S3PROXY_DEK_POOL_MAX_AGE="2s",
     )
-    s3 = client(proxy, seaweedfs)
+    s3 = no_retry_client(proxy, seaweedfs)
     put_and_read(s3, bucket, "pool/before")
     openbao.client().secrets.transit.rotate_key(transit_key, mount_point=openbao.transit_mount)
     time.sleep(2.5)
@@ -266,7 +242,7 @@ def test_a_bucket_prefix_can_have_its_own_transit_key(
         VAULT_TOKEN=openbao.root_token,
         CLOUDTASER_S3PROXY_TRANSIT_KEYS=f"{bucket}/tenant-b/={tenant_key}",
     )
-    s3 = client(proxy, seaweedfs)
+    s3 = no_retry_client(proxy, seaweedfs)
     put_and_read(s3, bucket, "tenant-b/report.pdf")
     put_and_read(s3, bucket, "tenant-a/report.pdf")
     assert stored_meta(seaweedfs, bucket, "tenant-b/report.pdf")["cloudtaser-key"] == tenant_key
@@ -276,7 +252,8 @@ def test_a_bucket_prefix_can_have_its_own_transit_key(
     )
     # Reads follow the key name stored with each object, whatever the mapping says now.
     plain = proxy_factory(seaweedfs, VAULT_TOKEN=openbao.root_token)
-    assert client(plain, seaweedfs).get_object(Bucket=bucket, Key="tenant-b/report.pdf")["Body"]
+    s3 = no_retry_client(plain, seaweedfs)
+    assert s3.get_object(Bucket=bucket, Key="tenant-b/report.pdf")["Body"].read()
 
 
 def test_a_mapped_transit_key_that_does_not_exist_makes_the_proxy_unready(
@@ -287,5 +264,5 @@ def test_a_mapped_transit_key_that_does_not_exist_makes_the_proxy_unready(
         "CLOUDTASER_S3PROXY_TRANSIT_KEYS": "some-bucket=no-such-key",
     }
     with ls.start_proxy(env, tmp_path, wait_for="healthz") as proxy:
-        wait_for(lambda: status_of(proxy.readyz) == 503, 10, "/readyz 503")
-        assert status_of(proxy.healthz) == 200
+        wait_for(lambda: http_status(proxy.readyz) == 503, 10, "/readyz 503")
+        assert http_status(proxy.healthz) == 200

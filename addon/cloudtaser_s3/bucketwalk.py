@@ -1,6 +1,7 @@
 """What the operator commands (``rewrap``, ``migrate``) share: walking a bucket prefix, talking to
 the store with the upstream credentials, keeping an object's attributes across a rewrite,
-learning which conditional requests the store enforces, and reporting progress and a summary.
+rewriting a multipart object in place, learning which conditional requests the store enforces,
+and running the walk with progress, a summary and an exit code.
 
 The commands talk to the store directly, never through the proxy: rewrap changes only metadata
 (a server-side copy, no object data moves) and migrate writes our format itself. Both rewrite
@@ -10,9 +11,11 @@ ETag the command saw; :func:`probe_conditions` finds out whether the store honou
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import enum
 import io
+import json
 import math
 import os
 import shlex
@@ -26,7 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 import botocore.session
@@ -37,6 +40,9 @@ from . import config
 from .envelope import META_PREFIX
 from .layout import multipart_parts
 from .upstream import Store
+
+if TYPE_CHECKING:
+    from .transit import Transit
 
 MiB = 2**20
 GiB = 2**30
@@ -239,13 +245,18 @@ def http_status(e: ClientError) -> int:
     return int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
 
 
-def is_changed(e: ClientError) -> bool:
-    """The object is no longer the one we saw: a condition failed, or it is gone."""
-    return http_status(e) == 412 or error_code(e) in (
+def changed_answer(status: int, code: str) -> bool:
+    """The store's answer says the object is no longer the one we saw: a condition failed, or
+    it is gone (botocore's errors and the raw answers of migrate's streamed PUTs alike)."""
+    return status == 412 or code in (
         "PreconditionFailed",
         "NoSuchKey",
         "ConditionalRequestConflict",
     )
+
+
+def is_changed(e: ClientError) -> bool:
+    return changed_answer(http_status(e), error_code(e))
 
 
 def one_line(text: str) -> str:
@@ -424,6 +435,62 @@ def abort_upload(access: StoreAccess, key: str, upload_id: str) -> None:
     # On failure, the store's lifecycle rule for incomplete uploads is the backstop.
     with contextlib.suppress(ClientError, BotoCoreError):
         access.client.abort_multipart_upload(Bucket=access.bucket, Key=key, UploadId=upload_id)
+
+
+def unconditional_multipart(
+    key: str, conditions: StoreConditions, accept_race: bool, what: str
+) -> Result | None:
+    """Refuse a multipart rewrite whose completion cannot be conditional, unless the operator
+    accepted the race: ``what`` (the object) is left as it was."""
+    if conditions.complete_if_match or accept_race:
+        return None
+    return Result(
+        key,
+        Outcome.FAILED,
+        f"{what}, and the store ignores If-Match on CompleteMultipartUpload; not changed "
+        "(see --accept-race)",
+    )
+
+
+def rewrite_multipart(
+    access: StoreAccess,
+    seen: Seen,
+    kwargs: dict[str, Any],
+    upload_parts: Callable[[str], list[dict[str, Any]] | None],
+    recheck: Callable[[], bool] | None,
+) -> dict[str, Any] | None:
+    """Rewrite ``seen`` in place as a multipart upload: create it with ``kwargs`` and the
+    object's tags (a new upload starts without them), send the parts by ``upload_parts(upload
+    id)``, complete it on the condition of the ETag seen. CompleteMultipartUpload's answer, or
+    None when the object changed meanwhile: a refused condition, ``upload_parts`` returning
+    None, or ``recheck()`` false (set for stores that ignore a condition). Any failure aborts
+    the upload, so no half-written upload is left to the lifecycle rule."""
+    tags = object_tagging(access, seen.key)
+    if tags:
+        kwargs["Tagging"] = tags
+    upload_id = access.client.create_multipart_upload(Bucket=access.bucket, Key=seen.key, **kwargs)[
+        "UploadId"
+    ]
+    try:
+        parts = upload_parts(upload_id)
+        if parts is None or (recheck is not None and not recheck()):
+            abort_upload(access, seen.key, upload_id)
+            return None
+        return access.client.complete_multipart_upload(
+            Bucket=access.bucket,
+            Key=seen.key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": parts},
+            IfMatch=seen.etag,
+        )
+    except ClientError as e:
+        abort_upload(access, seen.key, upload_id)
+        if is_changed(e):
+            return None
+        raise
+    except BaseException:
+        abort_upload(access, seen.key, upload_id)
+        raise
 
 
 # ----------------------------------------------------------------------------- conditions
@@ -812,6 +879,93 @@ class Runner:
         self.progress.close()
         if interrupted or self.report.stopped:
             self.report.resume_after = self.watermark.value
+
+
+# ----------------------------------------------------------------------------- a run
+
+
+class Stop(Exception):
+    """Vault went away (``report.stopped`` says so): stop scheduling, report what is done."""
+
+
+def store_conditions(
+    access: StoreAccess, prefix: str, dry_run: bool, command: str
+) -> StoreConditions:
+    """What the store enforces, probed and told on stderr; a dry run writes nothing, probes
+    included, and assumes all."""
+    if dry_run:
+        return ALL_ENFORCED
+    conditions = probe_conditions(access, prefix)
+    print(f"cloudtaser {command}: the store has {conditions.describe()}", file=sys.stderr)
+    return conditions
+
+
+@contextlib.contextmanager
+def token_kept(transit: Transit) -> Iterator[None]:
+    """The Vault token renewed in the background meanwhile: a long run outlives a Kubernetes
+    login's token."""
+    transit.start_keeper()
+    try:
+        yield
+    finally:
+        transit.stop_keeper()
+
+
+def walk_and_report(
+    args: argparse.Namespace,
+    labels: Labels,
+    access: StoreAccess,
+    prefix: str,
+    feed: Callable[[Runner], None],
+    left_behind: str,
+) -> int:
+    """A run: ``feed`` lists the prefix and submits the work; Ctrl-C, a failed listing or
+    :class:`Stop` end it early with what is done reported and where to resume. Prints the
+    report (with ``left_behind``, what noncurrent versions keep) and returns the exit code."""
+    report = Report(labels, args.dry_run)
+    progress = Progress(labels.command, not args.no_progress, args.verbose, labels, args.dry_run)
+    runner = Runner(args.concurrency, report, progress)
+    since = time.time()
+    interrupted = False
+    try:
+        feed(runner)
+        progress.listing_done()
+    except KeyboardInterrupt:
+        interrupted = True
+        report.stopped = "interrupted"
+    except Stop:
+        pass  # report.stopped says why
+    except (ClientError, BotoCoreError) as e:
+        report.stopped = f"listing failed: {describe(e)}"
+    finally:
+        runner.finish(interrupted)
+    if not args.dry_run:
+        report.notes += store_warnings(access, prefix, since, left_behind)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.render())
+    return report.exit_code()
+
+
+def main(
+    args: argparse.Namespace,
+    command: str,
+    run: Callable[[argparse.Namespace, config.Settings, str, str], int],
+) -> int:
+    """Entry of ``python -m cloudtaser_s3 COMMAND``: ``run(args, settings, bucket, prefix)``;
+    0 all done, 1 something failed or needs attention, 2 the run could not start."""
+    try:
+        settings = config.from_env(os.environ)
+    except config.ConfigError as e:
+        print(f"cloudtaser: configuration error: {e}", file=sys.stderr)
+        return 2
+    try:
+        bucket, prefix = parse_s3_url(args.url)
+        return run(args, settings, bucket, prefix)
+    except (ToolError, ValueError) as e:
+        print(f"cloudtaser {command}: {e}", file=sys.stderr)
+        return 2
+    except (ClientError, BotoCoreError) as e:
+        print(f"cloudtaser {command}: the store refused: {describe(e)}", file=sys.stderr)
+        return 2
 
 
 def plan_parts(size: int, part_size: int) -> list[tuple[int, int, int]]:

@@ -22,20 +22,17 @@ from __future__ import annotations
 import argparse
 import base64
 import http.client
-import os
 import re
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 import hvac.exceptions
-from botocore.exceptions import BotoCoreError, ClientError
 
-from . import config, envelope
+from . import bucketwalk, config, envelope
 from .bucketwalk import (
-    ALL_ENFORCED,
     MAX_PART,
     MAX_SINGLE_WRITE,
     MIN_PART,
@@ -43,28 +40,26 @@ from .bucketwalk import (
     Listed,
     ObjectAttributes,
     Outcome,
-    Progress,
-    Report,
     Result,
     Runner,
     Seen,
     StoreAccess,
     StoreConditions,
     ToolError,
-    abort_upload,
     add_common_arguments,
+    changed_answer,
     connect,
-    describe,
     head,
-    is_changed,
     keys_for_prefix,
     object_tagging,
-    parse_s3_url,
     parse_size_arg,
     plan_parts,
-    probe_conditions,
-    store_warnings,
+    rewrite_multipart,
+    store_conditions,
+    token_kept,
+    unconditional_multipart,
     walk,
+    walk_and_report,
 )
 from .envelope import ALG, MAGIC, META_ALG, ObjectKeyMaterial, PartSealer, sealed_part_length
 from .transit import DataKey, Transit, VaultUnavailable
@@ -287,7 +282,7 @@ def _migrate_single(ctx: Context, seen: Seen, what: str) -> Result:
             access, seen.key, put_headers.get("etag", ""), sealer.sealed_length, what
         )
     code = store_error_code(answer)
-    if status == 412 or code in ("PreconditionFailed", "NoSuchKey", "ConditionalRequestConflict"):
+    if changed_answer(status, code):
         return Result(seen.key, Outcome.CHANGED)
     return Result(seen.key, Outcome.FAILED, f"PUT answered {status} {code}".strip())
 
@@ -295,14 +290,12 @@ def _migrate_single(ctx: Context, seen: Seen, what: str) -> Result:
 def _migrate_multipart(ctx: Context, seen: Seen, what: str) -> Result:
     """CreateMultipartUpload with our metadata; each plaintext range GET (If-Match) -> sealed
     as format part N -> UploadPart; CompleteMultipartUpload (If-Match). Aborted on failure."""
-    access, bucket = ctx.access, ctx.access.bucket
-    if not ctx.conditions.complete_if_match and not ctx.accept_race:
-        return Result(
-            seen.key,
-            Outcome.FAILED,
-            "needs a multipart upload, and the store ignores If-Match on "
-            "CompleteMultipartUpload; not changed (see --accept-race)",
-        )
+    refused = unconditional_multipart(
+        seen.key, ctx.conditions, ctx.accept_race, "needs a multipart upload"
+    )
+    if refused:
+        return refused
+    access = ctx.access
     first = _first_bytes(ctx, seen)
     if first is None:
         return Result(seen.key, Outcome.CHANGED)
@@ -310,44 +303,26 @@ def _migrate_multipart(ctx: Context, seen: Seen, what: str) -> Result:
         return Result(seen.key, Outcome.ATTENTION, CIPHERTEXT_WITHOUT_METADATA)
     attrs = ObjectAttributes.of(seen)
     kwargs = attrs.as_kwargs()
-    tags = object_tagging(access, seen.key)
-    if tags:
-        kwargs["Tagging"] = tags
     _, material, ours = _new_key(ctx, seen)
     kwargs["Metadata"] = {**attrs.without_ours(), **ours}
-    upload_id = access.client.create_multipart_upload(Bucket=bucket, Key=seen.key, **kwargs)[
-        "UploadId"
-    ]
-    try:
+    plan = plan_parts(seen.size, ctx.part_size)
+
+    def upload_parts(upload_id: str) -> list[dict[str, Any]] | None:
         parts = []
-        plan = plan_parts(seen.size, ctx.part_size)
         for n, offset, length in plan:
             etag = _upload_part(ctx, seen, upload_id, material, n, offset, length)
             if etag is None:
-                abort_upload(access, seen.key, upload_id)
-                return Result(seen.key, Outcome.CHANGED)
+                return None
             parts.append({"PartNumber": n, "ETag": etag})
-        if not ctx.conditions.complete_if_match and not still_the_same(access, seen):
-            abort_upload(access, seen.key, upload_id)
-            return Result(seen.key, Outcome.CHANGED)
-        done = access.client.complete_multipart_upload(
-            Bucket=bucket,
-            Key=seen.key,
-            UploadId=upload_id,
-            MultipartUpload={"Parts": parts},
-            IfMatch=seen.etag,
-        )
-    except ClientError as e:
-        abort_upload(access, seen.key, upload_id)
-        if is_changed(e):
-            return Result(seen.key, Outcome.CHANGED)
-        raise
-    except BaseException:
-        abort_upload(access, seen.key, upload_id)
-        raise
+        return parts
+
+    recheck = None if ctx.conditions.complete_if_match else lambda: still_the_same(access, seen)
+    done = rewrite_multipart(access, seen, kwargs, upload_parts, recheck)
+    if done is None:
+        return Result(seen.key, Outcome.CHANGED)
     stored = sum(sealed_part_length(length) for _, _, length in plan)
     return verify_written(
-        access, seen.key, done.get("ETag", ""), stored, f"{what}, {len(parts)} parts"
+        access, seen.key, done.get("ETag", ""), stored, f"{what}, {len(plan)} parts"
     )
 
 
@@ -421,11 +396,8 @@ def run(args: argparse.Namespace, settings: config.Settings, bucket: str, prefix
             transit.latest_version(name)  # the key exists and the token may read it
     except (VaultUnavailable, hvac.exceptions.VaultError) as e:
         raise ToolError(f"Vault: {e}") from None
-    transit.start_keeper()  # a long run outlives a Kubernetes login's token
-    try:
+    with token_kept(transit):
         return _run(args, settings, bucket, prefix, access, transit, keys)
-    finally:
-        transit.stop_keeper()
 
 
 def _run(
@@ -443,9 +415,7 @@ def _run(
         + (" - dry run, nothing is written" if args.dry_run else ""),
         file=sys.stderr,
     )
-    conditions = ALL_ENFORCED if args.dry_run else probe_conditions(access, prefix)
-    if not args.dry_run:
-        print(f"cloudtaser migrate: the store has {conditions.describe()}", file=sys.stderr)
+    conditions = store_conditions(access, prefix, args.dry_run, LABELS.command)
     if not conditions.put_if_match and not args.accept_race:
         raise ToolError(
             "the store ignores If-Match on PUT, so a migration could overwrite an "
@@ -462,34 +432,15 @@ def _run(
         args.part_size,
         args.multipart_threshold,
     )
-    report = Report(LABELS, args.dry_run)
-    progress = Progress("migrate", not args.no_progress, args.verbose, LABELS, args.dry_run)
-    runner = Runner(args.concurrency, report, progress)
-    since = time.time()
-    interrupted = False
-    try:
+
+    def feed(runner: Runner) -> None:
         for item in walk(access, prefix, args.start_after):
             if runner.report.stopped:
                 break
             runner.listed(item.key)
             runner.submit(item.key, _guarded, ctx, runner, item)
-        progress.listing_done()
-    except KeyboardInterrupt:
-        interrupted = True
-        report.stopped = "interrupted"
-    except (ClientError, BotoCoreError) as e:
-        report.stopped = f"listing failed: {describe(e)}"
-    finally:
-        runner.finish(interrupted or report.stopped is not None)
-    if not args.dry_run:
-        report.notes += store_warnings(access, prefix, since, "the plaintext")
-    if args.json:
-        import json
 
-        print(json.dumps(report.as_dict(), indent=2))
-    else:
-        print(report.render())
-    return report.exit_code()
+    return walk_and_report(args, LABELS, access, prefix, feed, "the plaintext")
 
 
 def _guarded(ctx: Context, runner: Runner, item: Listed) -> Result | None:
@@ -507,17 +458,4 @@ def _guarded(ctx: Context, runner: Runner, item: Listed) -> Result | None:
 def main(args: argparse.Namespace) -> int:
     """Entry from ``python -m cloudtaser_s3 migrate``: 0 all done, 1 something failed or
     needs attention, 2 the run could not start."""
-    try:
-        settings = config.from_env(os.environ)
-    except config.ConfigError as e:
-        print(f"cloudtaser: configuration error: {e}", file=sys.stderr)
-        return 2
-    try:
-        bucket, prefix = parse_s3_url(args.url)
-        return run(args, settings, bucket, prefix)
-    except (ToolError, ValueError) as e:
-        print(f"cloudtaser migrate: {e}", file=sys.stderr)
-        return 2
-    except (ClientError, BotoCoreError) as e:
-        print(f"cloudtaser migrate: the store refused: {describe(e)}", file=sys.stderr)
-        return 2
+    return bucketwalk.main(args, LABELS.command, run)

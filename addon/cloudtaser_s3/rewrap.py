@@ -27,33 +27,29 @@ version.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import hvac.exceptions
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
-from . import config
+from . import bucketwalk, config
 from .bucketwalk import (
-    ALL_ENFORCED,
     MAX_SINGLE_WRITE,
     Labels,
     Listed,
     ObjectAttributes,
     Outcome,
-    Progress,
-    Report,
     Result,
     Runner,
     Seen,
+    Stop,
     StoreAccess,
     StoreConditions,
     ToolError,
-    abort_upload,
     add_common_arguments,
     chunked,
     connect,
@@ -61,14 +57,15 @@ from .bucketwalk import (
     head,
     is_changed,
     keys_for_prefix,
-    object_tagging,
-    parse_s3_url,
     part_extents,
     positive_int,
-    probe_conditions,
-    store_warnings,
+    rewrite_multipart,
+    store_conditions,
     stored_part_lengths,
+    token_kept,
+    unconditional_multipart,
     walk,
+    walk_and_report,
 )
 from .envelope import ALG, META_ALG, META_DEK, META_KEY, META_KEY_VERSION
 from .layout import multipart_parts
@@ -267,29 +264,21 @@ def _copy_single(ctx: Context, seen: Seen, attrs: ObjectAttributes, change: str)
 def _copy_multipart(ctx: Context, seen: Seen, attrs: ObjectAttributes, change: str) -> Result:
     """CreateMultipartUpload with the new metadata, UploadPartCopy of each stored part's exact
     byte range, CompleteMultipartUpload — all conditional on the ETag seen."""
-    access, bucket = ctx.access, ctx.access.bucket
-    if not ctx.conditions.complete_if_match and not ctx.accept_race:
-        return Result(
-            seen.key,
-            Outcome.FAILED,
-            "a multipart object, and the store ignores If-Match on CompleteMultipartUpload; "
-            "not changed (see --accept-race)",
-        )
+    refused = unconditional_multipart(
+        seen.key, ctx.conditions, ctx.accept_race, "a multipart object"
+    )
+    if refused:
+        return refused
+    access = ctx.access
     lengths = stored_part_lengths(access, seen)
     if lengths is None:
         return Result(seen.key, Outcome.CHANGED, "its parts changed meanwhile; skipped")
-    kwargs = attrs.as_kwargs()
-    tags = object_tagging(access, seen.key)
-    if tags:
-        kwargs["Tagging"] = tags
-    upload_id = access.client.create_multipart_upload(Bucket=bucket, Key=seen.key, **kwargs)[
-        "UploadId"
-    ]
-    try:
+
+    def copy_parts(upload_id: str) -> list[dict[str, Any]]:
         parts = []
         for n, first, last in part_extents(lengths):
             resp = access.client.upload_part_copy(
-                Bucket=bucket,
+                Bucket=access.bucket,
                 Key=seen.key,
                 UploadId=upload_id,
                 PartNumber=n,
@@ -298,26 +287,14 @@ def _copy_multipart(ctx: Context, seen: Seen, attrs: ObjectAttributes, change: s
                 CopySourceIfMatch=seen.etag,
             )
             parts.append({"PartNumber": n, "ETag": resp["CopyPartResult"]["ETag"]})
-        # A store that ignores a condition needed --accept-race: check just before.
-        conditional = ctx.conditions.copy_source_if_match and ctx.conditions.complete_if_match
-        if not conditional and not unchanged(access, seen):
-            abort_upload(access, seen.key, upload_id)
-            return Result(seen.key, Outcome.CHANGED)
-        done = access.client.complete_multipart_upload(
-            Bucket=bucket,
-            Key=seen.key,
-            UploadId=upload_id,
-            MultipartUpload={"Parts": parts},
-            IfMatch=seen.etag,
-        )
-    except ClientError as e:
-        abort_upload(access, seen.key, upload_id)
-        if is_changed(e):
-            return Result(seen.key, Outcome.CHANGED)
-        raise
-    except BaseException:
-        abort_upload(access, seen.key, upload_id)
-        raise
+        return parts
+
+    # A store that ignores a condition needed --accept-race: check just before completing.
+    conditional = ctx.conditions.copy_source_if_match and ctx.conditions.complete_if_match
+    recheck = None if conditional else lambda: unchanged(access, seen)
+    done = rewrite_multipart(access, seen, attrs.as_kwargs(), copy_parts, recheck)
+    if done is None:
+        return Result(seen.key, Outcome.CHANGED)
     got = multipart_parts(done.get("ETag", ""))
     if got is not None and got != len(lengths):
         return Result(
@@ -343,10 +320,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-class _Stop(Exception):
-    """Vault went away: stop scheduling, report what is done."""
-
-
 def run(args: argparse.Namespace, settings: config.Settings, bucket: str, prefix: str) -> int:
     access = connect(settings, bucket, args.concurrency)
     transit = Transit(settings)
@@ -356,11 +329,8 @@ def run(args: argparse.Namespace, settings: config.Settings, bucket: str, prefix
         latest = {name: versions.get(name) for name in keys_for_prefix(settings, bucket, prefix)}
     except VaultUnavailable as e:
         raise ToolError(f"Vault: {e}") from None
-    transit.start_keeper()  # a long run outlives a Kubernetes login's token
-    try:
+    with token_kept(transit):
         return _run(args, bucket, prefix, access, transit, versions, latest)
-    finally:
-        transit.stop_keeper()
 
 
 def _run(
@@ -378,9 +348,7 @@ def _run(
         f"Transit key ({keys})" + (" - dry run, nothing is written" if args.dry_run else ""),
         file=sys.stderr,
     )
-    conditions = ALL_ENFORCED if args.dry_run else probe_conditions(access, prefix)
-    if not args.dry_run:
-        print(f"cloudtaser rewrap: the store has {conditions.describe()}", file=sys.stderr)
+    conditions = store_conditions(access, prefix, args.dry_run, LABELS.command)
     if not conditions.copy_source_if_match and not args.accept_race:
         raise ToolError(
             "the store ignores x-amz-copy-source-if-match, so a copy could overwrite an "
@@ -388,27 +356,12 @@ def _run(
             "--accept-race (see docs/operator-tools.md)"
         )
     ctx = Context(access, transit, versions, conditions, args.accept_race, args.dry_run)
-    report = Report(LABELS, args.dry_run)
-    progress = Progress("rewrap", not args.no_progress, args.verbose, LABELS, args.dry_run)
-    runner = Runner(args.concurrency, report, progress)
-    since = time.time()
-    interrupted = False
-    try:
+
+    def feed(runner: Runner) -> None:
         for chunk in chunked(walk(access, prefix, args.start_after), args.batch_size):
             _run_chunk(ctx, runner, chunk)
-        progress.listing_done()
-    except KeyboardInterrupt:
-        interrupted = True
-        report.stopped = "interrupted"
-    except _Stop:
-        pass
-    except (ClientError, BotoCoreError) as e:
-        report.stopped = f"listing failed: {describe(e)}"
-    finally:
-        runner.finish(interrupted)
-    if not args.dry_run:
-        report.notes += store_warnings(access, prefix, since, "their old key versions")
-    return _finish(report, args)
+
+    return walk_and_report(args, LABELS, access, prefix, feed, "their old key versions")
 
 
 def _run_chunk(ctx: Context, runner: Runner, chunk: list[Listed]) -> None:
@@ -434,7 +387,7 @@ def _run_chunk(ctx: Context, runner: Runner, chunk: list[Listed]) -> None:
             runner.report.stopped = f"Vault: {e}"
             for plan in group:
                 runner.record(Result(plan.seen.key, Outcome.FAILED, f"Vault: {e}"))
-            raise _Stop from None
+            raise Stop from None
         for plan, wrapped in zip(group, new, strict=True):
             if isinstance(wrapped, Exception):
                 runner.record(
@@ -449,30 +402,7 @@ def _run_chunk(ctx: Context, runner: Runner, chunk: list[Listed]) -> None:
                 runner.submit(plan.seen.key, apply, ctx, plan, wrapped)
 
 
-def _finish(report: Report, args: argparse.Namespace) -> int:
-    if args.json:
-        import json
-
-        print(json.dumps(report.as_dict(), indent=2))
-    else:
-        print(report.render())
-    return report.exit_code()
-
-
 def main(args: argparse.Namespace) -> int:
     """Entry from ``python -m cloudtaser_s3 rewrap``: 0 all done, 1 something failed or
     needs attention, 2 the run could not start."""
-    try:
-        settings = config.from_env(os.environ)
-    except config.ConfigError as e:
-        print(f"cloudtaser: configuration error: {e}", file=sys.stderr)
-        return 2
-    try:
-        bucket, prefix = parse_s3_url(args.url)
-        return run(args, settings, bucket, prefix)
-    except (ToolError, ValueError) as e:
-        print(f"cloudtaser rewrap: {e}", file=sys.stderr)
-        return 2
-    except (ClientError, BotoCoreError) as e:
-        print(f"cloudtaser rewrap: the store refused: {describe(e)}", file=sys.stderr)
-        return 2
+    return bucketwalk.main(args, LABELS.command, run)

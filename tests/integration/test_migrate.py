@@ -9,27 +9,18 @@ rewrap, retire the old key version, and read every object back through a refusin
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import botocore.exceptions
-import botocore.session
+import operator_helpers as oh
 import pytest
-from conftest import proxy_default_env
+from operator_helpers import MiB, Rig, cli, summary
 
-from cloudtaser_s3 import bucketwalk, config, envelope, migrate
-from cloudtaser_s3 import localservers as ls
-from cloudtaser_s3.localservers import OpenBao, ProxyProcess, S3Server
-from cloudtaser_s3.transit import Transit
+from cloudtaser_s3 import bucketwalk, envelope, migrate
+from cloudtaser_s3.localservers import OpenBao
 
-MiB = 2**20
 # Small parts, so a 7 MiB object exercises the multipart path.
 SMALL_PARTS = ["--multipart-threshold", "6Mi", "--part-size", "5Mi"]
 
@@ -43,84 +34,19 @@ def operator_policy_hcl(key: str, mount: str) -> str:
     )
 
 
-@dataclass
-class Rig:
-    name: str
-    backend: S3Server
-    openbao: OpenBao
-    make_proxy: Callable[..., ProxyProcess]
-    bucket: str
-
-    @property
-    def direct(self) -> Any:
-        return self.backend.client()
-
-
 @pytest.fixture(scope="module", params=["moto", "seaweedfs"])
 def rig(request: pytest.FixtureRequest, openbao: OpenBao, proxy_factory) -> Rig:
-    backend = request.getfixturevalue("moto_s3" if request.param == "moto" else "seaweedfs")
-    bucket = f"migrate-{uuid.uuid4().hex[:10]}"
-    backend.client().create_bucket(Bucket=bucket)
-    return Rig(request.param, backend, openbao, proxy_factory, bucket)
+    return oh.new_rig(request, openbao, proxy_factory)
 
 
-@dataclass
-class Keyed:
-    key: str
-    proxy_token: str
-    cli_env: dict[str, str]
-    root: Any
+def keyed(rig: Rig) -> oh.Keyed:
+    return oh.keyed(rig, operator_policy_hcl)
 
 
-def keyed(rig: Rig) -> Keyed:
-    """A Transit key of one test, a token for its proxies and the operator's environment."""
-    bao, mount = rig.openbao, rig.openbao.transit_mount
-    key = f"migrate-{rig.name}-{uuid.uuid4().hex[:8]}"
-    root = bao.client()
-    root.secrets.transit.create_key(name=key, key_type="aes256-gcm96", mount_point=mount)
-    root.sys.create_or_update_policy(f"proxy-{key}", ls.proxy_policy_hcl(key, mount))
-    root.sys.create_or_update_policy(f"operator-{key}", operator_policy_hcl(key, mount))
-    proxy_token = ls.create_policy_token(bao.addr, bao.root_token, f"proxy-{key}")
-    operator_token = ls.create_policy_token(bao.addr, bao.root_token, f"operator-{key}")
-    env = proxy_default_env(rig.backend, bao, operator_token)
-    env["CLOUDTASER_S3PROXY_TRANSIT_KEY"] = key
-    return Keyed(key, proxy_token, env, root)
-
-
-def refusing_proxy(rig: Rig, k: Keyed) -> Any:
+def refusing_proxy(rig: Rig, k: oh.Keyed) -> Any:
     """A client of a proxy with the test's key that refuses plaintext reads: what the bucket
     is switched to after migrating."""
-    proxy = rig.make_proxy(
-        rig.backend,
-        CLOUDTASER_S3PROXY_TRANSIT_KEY=k.key,
-        VAULT_TOKEN=k.proxy_token,
-        CLOUDTASER_S3PROXY_PLAINTEXT_OBJECTS="refuse",
-    )
-    return proxy.client(rig.backend.access_key, rig.backend.secret_key)
-
-
-def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    full = ls.clean_env(
-        {
-            **env,
-            "AWS_CONFIG_FILE": os.devnull,
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "cloudtaser_s3", *args],
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def summary(proc: subprocess.CompletedProcess) -> dict[str, Any]:
-    assert proc.stdout.strip(), proc.stderr
-    return json.loads(proc.stdout)
+    return oh.proxy_client(rig, k, CLOUDTASER_S3PROXY_PLAINTEXT_OBJECTS="refuse")
 
 
 def counts(got: dict[str, Any]) -> tuple[int, ...]:
@@ -235,12 +161,6 @@ def test_migrate_a_plaintext_bucket_in_place(rig: Rig) -> None:
     assert counts(summary(proc)) == ((8, 0, 7, 1, 0) if folder_kept else (8, 0, 6, 1, 1))
 
 
-def session_for(backend: S3Server) -> botocore.session.Session:
-    session = botocore.session.Session()
-    session.set_credentials(backend.access_key, backend.secret_key)
-    return session
-
-
 def test_a_concurrent_application_write_wins(rig: Rig) -> None:
     """The object is overwritten after the command's HEAD: its conditional reads and writes
     fail, it is reported as changed, and the application's write is what remains."""
@@ -249,14 +169,12 @@ def test_a_concurrent_application_write_wins(rig: Rig) -> None:
     s3.put_object(Bucket=b, Key="race/small", Body=b"old small")
     s3.put_object(Bucket=b, Key="race/big", Body=os.urandom(7 * MiB))
 
-    settings = config.from_env({**k.cli_env})
-    access = bucketwalk.connect(settings, b, 4, session_for(rig.backend))
-    transit = Transit(settings)
-    transit.login()
-    conditions = bucketwalk.probe_conditions(access, "race/")
-    assert conditions.put_if_match
-    ctx = migrate.Context(settings, access, transit, conditions, True, False, 5 * MiB, 6 * MiB)
-    seen = {key: bucketwalk.head(access, key) for key in ("race/small", "race/big")}
+    h = oh.by_hand(rig, k, "race/")
+    assert h.conditions.put_if_match
+    ctx = migrate.Context(
+        h.settings, h.access, h.transit, h.conditions, True, False, 5 * MiB, 6 * MiB
+    )
+    seen = {key: bucketwalk.head(h.access, key) for key in ("race/small", "race/big")}
 
     proxy = refusing_proxy(rig, k)
     newest = {"race/small": b"the application's small", "race/big": b"the application's big"}
@@ -269,7 +187,7 @@ def test_a_concurrent_application_write_wins(rig: Rig) -> None:
     assert [r.outcome for r in results] == [bucketwalk.Outcome.CHANGED] * 2, results
     for key, body in newest.items():
         assert proxy.get_object(Bucket=b, Key=key)["Body"].read() == body
-    assert access.client.list_multipart_uploads(Bucket=b, Prefix="race/").get("Uploads", []) == []
+    assert h.open_uploads("race/") == []
 
 
 def test_a_thousand_objects_migrated_rotated_rewrapped(rig: Rig) -> None:
@@ -290,14 +208,12 @@ def test_a_thousand_objects_migrated_rotated_rewrapped(rig: Rig) -> None:
     assert "migrate (all listed): 100%" in proc.stderr and f"{count}/{count}" in proc.stderr
     assert counts(summary(proc)) == (count, count, 0, 0, 0)
 
-    k.root.secrets.transit.rotate_key(name=k.key, mount_point=mount)
+    k.rotate(mount)
     proc = cli(k.cli_env, "rewrap", f"s3://{b}/bulk/", "--concurrency", "32", "--json")
     assert proc.returncode == 0, proc.stderr
     assert "rewrap (all listed): 100%" in proc.stderr and f"{count}/{count}" in proc.stderr
     assert counts(summary(proc)) == (count, count, 0, 0, 0)
-    k.root.secrets.transit.update_key_configuration(
-        name=k.key, min_decryption_version=2, mount_point=mount
-    )
+    k.retire_below(2, mount)
 
     reader = refusing_proxy(rig, k)
 

@@ -10,27 +10,18 @@ writes with it, and an operator token that can only rewrap and read the key — 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import subprocess
-import sys
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import botocore.exceptions
-import botocore.session
 import hvac.exceptions
+import operator_helpers as oh
 import pytest
-from conftest import proxy_default_env
+from operator_helpers import MiB, Rig, cli, summary
 
-from cloudtaser_s3 import bucketwalk, config, rewrap
+from cloudtaser_s3 import bucketwalk, rewrap
 from cloudtaser_s3 import localservers as ls
-from cloudtaser_s3.localservers import OpenBao, ProxyProcess, S3Server
-from cloudtaser_s3.transit import Transit
-
-MiB = 2**20
+from cloudtaser_s3.localservers import OpenBao
 
 
 def operator_policy_hcl(key: str, mount: str) -> str:
@@ -41,99 +32,21 @@ def operator_policy_hcl(key: str, mount: str) -> str:
     )
 
 
-@dataclass
-class Rig:
-    name: str
-    backend: S3Server
-    openbao: OpenBao
-    make_proxy: Callable[..., ProxyProcess]
-    bucket: str
-
-    @property
-    def direct(self) -> Any:
-        return self.backend.client()
-
-
 @pytest.fixture(scope="module", params=["moto", "seaweedfs"])
 def rig(request: pytest.FixtureRequest, openbao: OpenBao, proxy_factory) -> Rig:
-    backend = request.getfixturevalue("moto_s3" if request.param == "moto" else "seaweedfs")
-    bucket = f"rewrap-{uuid.uuid4().hex[:10]}"
-    backend.client().create_bucket(Bucket=bucket)
-    return Rig(request.param, backend, openbao, proxy_factory, bucket)
+    return oh.new_rig(request, openbao, proxy_factory)
 
 
-@dataclass
-class Keyed:
-    """A Transit key of one test, a proxy writing with it, and the operator's environment."""
-
-    key: str
-    proxy: ProxyProcess
-    via: Any
-    cli_env: dict[str, str]
-    root: Any
-    proxy_token: str
-
-    def rotate(self, mount: str) -> None:
-        self.root.secrets.transit.rotate_key(name=self.key, mount_point=mount)
-
-    def retire_below(self, version: int, mount: str) -> None:
-        self.root.secrets.transit.update_key_configuration(
-            name=self.key, min_decryption_version=version, mount_point=mount
-        )
+def keyed(rig: Rig) -> tuple[oh.Keyed, Any]:
+    """The test's key and operator environment, and a client of a proxy writing with it."""
+    k = oh.keyed(rig, operator_policy_hcl)
+    return k, oh.proxy_client(rig, k)
 
 
-def keyed(rig: Rig) -> Keyed:
-    bao, mount = rig.openbao, rig.openbao.transit_mount
-    key = f"rewrap-{rig.name}-{uuid.uuid4().hex[:8]}"
-    root = bao.client()
-    root.secrets.transit.create_key(name=key, key_type="aes256-gcm96", mount_point=mount)
-    root.sys.create_or_update_policy(f"proxy-{key}", ls.proxy_policy_hcl(key, mount))
-    root.sys.create_or_update_policy(f"rewrap-{key}", operator_policy_hcl(key, mount))
-    proxy_token = ls.create_policy_token(bao.addr, bao.root_token, f"proxy-{key}")
-    operator_token = ls.create_policy_token(bao.addr, bao.root_token, f"rewrap-{key}")
-    proxy = rig.make_proxy(rig.backend, CLOUDTASER_S3PROXY_TRANSIT_KEY=key, VAULT_TOKEN=proxy_token)
-    env = proxy_default_env(rig.backend, bao, operator_token)
-    env["CLOUDTASER_S3PROXY_TRANSIT_KEY"] = key
-    via = proxy.client(rig.backend.access_key, rig.backend.secret_key)
-    return Keyed(key, proxy, via, env, root, proxy_token)
-
-
-def fresh_reader(rig: Rig, k: Keyed) -> Any:
+def fresh_reader(rig: Rig, k: oh.Keyed) -> Any:
     """A new proxy (no cached keys or layouts) that reads with the key's current policy."""
     token = ls.create_policy_token(rig.openbao.addr, rig.openbao.root_token, f"proxy-{k.key}")
-    proxy = rig.make_proxy(rig.backend, CLOUDTASER_S3PROXY_TRANSIT_KEY=k.key, VAULT_TOKEN=token)
-    return proxy.client(rig.backend.access_key, rig.backend.secret_key)
-
-
-def session_for(backend: S3Server) -> botocore.session.Session:
-    session = botocore.session.Session()
-    session.set_credentials(backend.access_key, backend.secret_key)
-    return session
-
-
-def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """The real command line, as an operator runs it (no terminal: progress as lines)."""
-    full = ls.clean_env(
-        {
-            **env,
-            "AWS_CONFIG_FILE": os.devnull,
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "cloudtaser_s3", *args],
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def summary(proc: subprocess.CompletedProcess) -> dict[str, Any]:
-    assert proc.stdout.strip(), proc.stderr
-    return json.loads(proc.stdout)
+    return oh.proxy_client(rig, k, VAULT_TOKEN=token)
 
 
 def race_flags(rig: Rig) -> list[str]:
@@ -171,13 +84,13 @@ def stored_digest(rig: Rig, key: str) -> str:
 
 
 def test_rotate_rewrap_then_retire_old_versions(rig: Rig) -> None:
-    k = keyed(rig)
+    k, via = keyed(rig)
     mount = rig.openbao.transit_mount
     b, p = rig.bucket, "main/"
     data: dict[str, bytes] = {}
 
     def put(key: str, body: bytes, **extra: Any) -> None:
-        k.via.put_object(Bucket=b, Key=p + key, Body=body, **extra)
+        via.put_object(Bucket=b, Key=p + key, Body=body, **extra)
         data[p + key] = body
 
     put(
@@ -194,7 +107,7 @@ def test_rotate_rewrap_then_retire_old_versions(rig: Rig) -> None:
     put("v1/seg", os.urandom(3 * 65536 + 5))
     mp_parts = [os.urandom(5 * MiB + 123), os.urandom(5 * MiB), os.urandom(777)]
     upload_parts(
-        k.via,
+        via,
         b,
         p + "v1/multi",
         mp_parts,
@@ -294,40 +207,36 @@ def test_a_concurrent_application_write_wins(rig: Rig) -> None:
     """The object is overwritten between the command's HEAD and its copy: the copy is refused
     by its ETag condition (or, on moto, by the re-check), reported as changed, and the
     application's write is what remains."""
-    k = keyed(rig)
+    k, via = keyed(rig)
     mount = rig.openbao.transit_mount
     b = rig.bucket
-    k.via.put_object(Bucket=b, Key="race/single", Body=b"old single")
-    upload_parts(k.via, b, "race/multi", [os.urandom(5 * MiB), b"old tail"])
+    via.put_object(Bucket=b, Key="race/single", Body=b"old single")
+    upload_parts(via, b, "race/multi", [os.urandom(5 * MiB), b"old tail"])
     k.rotate(mount)
 
-    settings = config.from_env({**k.cli_env})
-    access = bucketwalk.connect(settings, b, 4, session_for(rig.backend))
-    transit = Transit(settings)
-    transit.login()
-    conditions = bucketwalk.probe_conditions(access, "race/")
-    assert conditions.copy_source_if_match == (rig.name != "moto")
+    h = oh.by_hand(rig, k, "race/")
+    assert h.conditions.copy_source_if_match == (rig.name != "moto")
     ctx = rewrap.Context(
-        access, transit, rewrap.LatestVersions(transit), conditions, True, dry_run=False
+        h.access, h.transit, rewrap.LatestVersions(h.transit), h.conditions, True, dry_run=False
     )
     plans = {}
     for key in ("race/single", "race/multi"):
         plan = rewrap.inspect(ctx, bucketwalk.Listed(key, 0, ""))
         assert isinstance(plan, rewrap.Plan)
         plans[key] = plan
-    new = rewrap.rewrap_batch(transit, k.key, [pl.wrapped.wrapped for pl in plans.values()])
+    new = rewrap.rewrap_batch(h.transit, k.key, [pl.wrapped.wrapped for pl in plans.values()])
 
-    k.via.put_object(Bucket=b, Key="race/single", Body=b"the application's new single")
-    upload_parts(k.via, b, "race/multi", [os.urandom(5 * MiB), b"the application's new tail"])
-    newest = {key: k.via.get_object(Bucket=b, Key=key)["Body"].read() for key in plans}
+    via.put_object(Bucket=b, Key="race/single", Body=b"the application's new single")
+    upload_parts(via, b, "race/multi", [os.urandom(5 * MiB), b"the application's new tail"])
+    newest = {key: via.get_object(Bucket=b, Key=key)["Body"].read() for key in plans}
 
     for (key, plan), wrapped in zip(plans.items(), new, strict=True):
         result = rewrap.apply(ctx, plan, wrapped)
         assert result.outcome is bucketwalk.Outcome.CHANGED, (key, result)
-    reader = k.via  # its DEK cache is keyed by wrapped form: no help here
+    reader = via  # its DEK cache is keyed by wrapped form: no help here
     for key, body in newest.items():
         assert reader.get_object(Bucket=b, Key=key)["Body"].read() == body
-    assert access.client.list_multipart_uploads(Bucket=b, Prefix="race/").get("Uploads", []) == []
+    assert h.open_uploads("race/") == []
 
 
 def test_resume_after_a_key_and_failures_are_reported(rig: Rig) -> None:
@@ -336,11 +245,11 @@ def test_resume_after_a_key_and_failures_are_reported(rig: Rig) -> None:
     token without the rewrap policy stops the run at the first batch."""
     if rig.name == "moto":
         pytest.skip("command-line behaviour: one store is enough")
-    k = keyed(rig)
+    k, via = keyed(rig)
     mount = rig.openbao.transit_mount
     b = rig.bucket
     for name in ("a", "b", "c", "d"):
-        k.via.put_object(Bucket=b, Key=f"resume/{name}", Body=name.encode())
+        via.put_object(Bucket=b, Key=f"resume/{name}", Body=name.encode())
     k.rotate(mount)
     proc = cli(
         k.cli_env,
@@ -372,4 +281,4 @@ def test_resume_after_a_key_and_failures_are_reported(rig: Rig) -> None:
     assert (got["failed"], got["done"]) == (2, 2)
     assert "FAILED resume/a: Transit cannot rewrap its data key" in proc.stderr
     with pytest.raises(botocore.exceptions.ClientError):
-        k.via.get_object(Bucket=b, Key="resume/a")
+        via.get_object(Bucket=b, Key="resume/a")

@@ -187,6 +187,65 @@ def test_store_conditions_description() -> None:
     assert "copy-source If-Match enforced" in text and "PUT If-Match IGNORED" in text
 
 
+class FakeClient:
+    """Records multipart calls; ``complete`` is what CompleteMultipartUpload does."""
+
+    def __init__(self, complete: Any = None):
+        self.calls: list[str] = []
+        self._complete = complete
+
+    def get_object_tagging(self, **kw: Any) -> dict[str, Any]:
+        return {"TagSet": [{"Key": "t", "Value": "1"}]}
+
+    def create_multipart_upload(self, **kw: Any) -> dict[str, Any]:
+        self.calls.append(f"create Tagging={kw.get('Tagging')}")
+        return {"UploadId": "u"}
+
+    def complete_multipart_upload(self, **kw: Any) -> dict[str, Any]:
+        self.calls.append(f"complete IfMatch={kw['IfMatch']}")
+        if isinstance(self._complete, Exception):
+            raise self._complete
+        return {"ETag": '"e-1"'}
+
+    def abort_multipart_upload(self, **kw: Any) -> None:
+        self.calls.append("abort")
+
+
+def rewrite(client: FakeClient, parts: Any, recheck: Any = None) -> Any:
+    access: Any = bw.StoreAccess(client, None, None, "b")  # type: ignore[arg-type]
+    return bw.rewrite_multipart(access, seen({}, etag='"x-1"'), {}, parts, recheck)
+
+
+def one_part(upload_id: str) -> list[dict[str, Any]]:
+    return [{"PartNumber": 1, "ETag": '"p"'}]
+
+
+def test_a_multipart_rewrite_completes_on_the_etag_seen_and_keeps_tags() -> None:
+    c = FakeClient()
+    assert rewrite(c, one_part) == {"ETag": '"e-1"'}
+    assert c.calls == ["create Tagging=t=1", 'complete IfMatch="x-1"']
+
+
+def test_a_multipart_rewrite_is_aborted_on_any_failure() -> None:
+    changed = FakeClient(complete=client_error(412, "PreconditionFailed"))
+    assert rewrite(changed, one_part) is None and changed.calls[-1] == "abort"
+    refused = FakeClient(complete=client_error(403, "AccessDenied"))
+    with pytest.raises(ClientError):
+        rewrite(refused, one_part)
+    assert refused.calls[-1] == "abort"
+    for parts, recheck in [(lambda upload_id: None, None), (one_part, lambda: False)]:
+        c = FakeClient()
+        assert rewrite(c, parts, recheck) is None and c.calls[-1] == "abort"
+
+    def broken(upload_id: str) -> Any:
+        raise KeyboardInterrupt
+
+    c = FakeClient()
+    with pytest.raises(KeyboardInterrupt):
+        rewrite(c, broken)
+    assert c.calls[-1] == "abort"
+
+
 # ----------------------------------------------------------------------------- rewrap
 
 

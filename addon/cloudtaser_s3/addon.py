@@ -246,6 +246,8 @@ class CloudTaser:
         self.draining = False  # SIGTERM came: not ready, no new connections
         self.inflight = 0  # requests between requestheaders and their end
         self._drain_task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tls_stamp: tuple = ()
         self.layouts = LayoutCache()
         self.store: Store | None = None
         self._running = False
@@ -291,6 +293,7 @@ class CloudTaser:
             )
         self.store = Store(settings.s3_endpoint, settings.s3_region, settings.upstream_ca_bundle)
         certs = []
+        self._tls_stamp = tlsfiles.stamp(*filter(None, (settings.tls_cert, settings.tls_key)))
         if settings.tls_cert and settings.tls_key:
             pem = tlsfiles.write_listener_pem(
                 settings.tls_cert, settings.tls_key, ctx.options.confdir
@@ -321,6 +324,7 @@ class CloudTaser:
             return
         await self.refusals.start()
         transit = self.transit
+        self._loop = asyncio.get_running_loop()
         await self._vault(self._login_quietly)
         transit.start_keeper()
         pool = self.pool
@@ -393,10 +397,32 @@ class CloudTaser:
         ctx.master.shutdown()
 
     def _housekeeping(self) -> None:
-        """Runs every few seconds off the event loop: expired DEKs go, the token gauge moves."""
+        """Runs every few seconds off the event loop: expired DEKs go, the token gauge moves,
+        a renewed TLS certificate is loaded."""
         self.deks.sweep()
+        settings = self.settings
+        renewed = (
+            settings is not None
+            and settings.tls_cert
+            and settings.tls_key
+            and tlsfiles.stamp(settings.tls_cert, settings.tls_key) != self._tls_stamp
+        )
+        if renewed and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._reload_tls)
         if self.transit is not None:
             metrics.METRICS.set_token_ttl(self.transit.token_ttl() or 0)
+
+    def _reload_tls(self) -> None:
+        """On the event loop: take the new certificate, or keep the old one and say why."""
+        try:
+            self._configure()
+            log.info("cloudtaser: loaded the renewed TLS certificate")
+        except config.ConfigError as e:
+            assert self.settings is not None
+            self._tls_stamp = tlsfiles.stamp(
+                self.settings.tls_cert or "", self.settings.tls_key or ""
+            )
+            log.error("cloudtaser: keeping the current TLS certificate: %s", e)
 
     def _login_quietly(self) -> None:
         assert self.transit is not None

@@ -181,3 +181,39 @@ def test_a_key_that_is_not_the_certificates_stops_the_start_naming_the_setting(t
     with pytest.raises(ConfigError) as e:
         combined_pem(pki["key"], pki["key"])
     assert e.value.variable == "CLOUDTASER_S3PROXY_TLS_CERT"
+
+
+def served_certificate(endpoint: str) -> bytes:
+    host, port = endpoint.removeprefix("http://").split(":")
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE  # only to look at what is served
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as raw,
+        insecure.wrap_socket(raw, server_hostname="localhost") as tls_sock,
+    ):
+        return tls_sock.getpeercert(binary_form=True)
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(proxy_factory, moto_s3, tmp_path):
+    first = make_pki(tmp_path / "first", "first")
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert.write_bytes(Path(first["cert"]).read_bytes())
+    key.write_bytes(Path(first["key"]).read_bytes())
+    proxy = proxy_factory(
+        moto_s3, CLOUDTASER_S3PROXY_TLS_CERT=str(cert), CLOUDTASER_S3PROXY_TLS_KEY=str(key)
+    )
+    before = served_certificate(proxy.endpoint)
+    second = make_pki(tmp_path / "second", "second")
+    # As a Secret volume is updated: both files replaced.
+    for src, dst in ((second["key"], key), (second["cert"], cert)):
+        tmp = dst.with_suffix(".new")
+        tmp.write_bytes(Path(src).read_bytes())
+        os.replace(tmp, dst)
+    ls.wait_until(lambda: served_certificate(proxy.endpoint) != before, 20, "the renewed cert")
+    pem = Path(second["cert"]).read_bytes()
+    assert served_certificate(proxy.endpoint) == x509.load_pem_x509_certificate(pem).public_bytes(
+        serialization.Encoding.DER
+    )
+    s3 = https_client(proxy, moto_s3, second["ca"])
+    s3.list_buckets()

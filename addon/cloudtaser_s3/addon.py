@@ -290,6 +290,8 @@ class CloudTaser:
                 settings.dek_pool_size,
                 settings.dek_pool_max_age,
                 tuple(self.transit.key_names()),
+                healthy=lambda: not self.transit.failing,  # type: ignore[union-attr]
+                check=self.transit.check_token,
             )
         self.store = Store(settings.s3_endpoint, settings.s3_region, settings.upstream_ca_bundle)
         certs = []

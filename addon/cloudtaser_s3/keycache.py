@@ -24,6 +24,8 @@ from .transit import DataKey, VaultUnavailable
 
 log = logging.getLogger(__name__)
 
+CHECK_SECONDS = 2.0  # with a pool: how often Vault is checked when no request asks it
+
 
 def _wipe(buf: bytearray) -> None:
     buf[:] = bytes(len(buf))
@@ -96,7 +98,9 @@ class DataKeyPool:
     ``take`` never waits for Vault: it returns a pooled key or None (the caller then asks
     Transit itself). Keys older than ``max_age`` are dropped, and a refill that comes back with
     a newer key version drops the older ones, so after a rotation new objects use the new
-    version within ``max_age`` at the latest.
+    version within ``max_age`` at the latest. While ``healthy()`` says Vault is failing, the
+    pool hands out nothing: an outage or a revoked token stops writes as it does without a
+    pool (the background loop checks Vault every ``CHECK_SECONDS``).
     """
 
     def __init__(
@@ -105,8 +109,12 @@ class DataKeyPool:
         size: int = 16,
         max_age: float = 30.0,
         key_names: tuple[str, ...] = (),
+        healthy: Callable[[], bool] = lambda: True,
+        check: Callable[[], None] = lambda: None,
     ):
         self._fetch = fetch
+        self._healthy = healthy
+        self._check = check
         self._size = size
         self._max_age = max_age
         self._lock = threading.Lock()
@@ -120,7 +128,7 @@ class DataKeyPool:
         return self._size > 0
 
     def take(self, key_name: str) -> DataKey | None:
-        if not self.enabled:
+        if not self.enabled or not self._healthy():
             return None
         now = time.monotonic()
         with self._lock:
@@ -169,6 +177,7 @@ class DataKeyPool:
             try:
                 also()
                 if self.enabled:
+                    self._check()
                     self.refill()
                 failures = 0
             except VaultUnavailable as e:
@@ -177,7 +186,7 @@ class DataKeyPool:
             except Exception:
                 failures += 1
                 log.exception("cloudtaser: data key pool error")
-            period = self._max_age / 4 if self.enabled else 5.0
+            period = min(self._max_age / 4, CHECK_SECONDS) if self.enabled else 5.0
             if failures:
                 period = min(period, 0.5 * 2 ** min(failures, 5))
             self._wake.wait(period)

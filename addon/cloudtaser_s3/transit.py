@@ -116,6 +116,9 @@ class Transit:
         self._keeper: threading.Thread | None = None
         self.logins = 0
         self.renewals = 0
+        # The last Vault call failed (unreachable, 5xx or refused): writes must not go on from
+        # keys wrapped earlier until a call succeeds again.
+        self.failing = False
 
     @property
     def key_name(self) -> str:
@@ -263,9 +266,11 @@ class Transit:
             try:
                 result = fn(*args, **kwargs)
                 self._observe(call, time.monotonic() - started, True)
+                self.failing = False
                 return result
             except hvac.exceptions.Forbidden as e:
                 self._observe(call, time.monotonic() - started, False)
+                self.failing = True
                 if relogin and not relogged and self._s.vault_auth_method == "kubernetes":
                     relogged = True
                     self.login()
@@ -276,6 +281,7 @@ class Transit:
                 raise
             except (hvac.exceptions.VaultError, requests.RequestException) as e:
                 self._observe(call, time.monotonic() - started, False)
+                self.failing = True
                 retryable = not isinstance(e, hvac.exceptions.VaultError) or isinstance(
                     e,
                     (
@@ -371,6 +377,11 @@ class Transit:
                 raise WrappedKeyInvalid(f"Transit refused to rewrap data key #{i}")
             out.append(r["ciphertext"])
         return out
+
+    def check_token(self) -> None:
+        """One cheap authenticated call (token lookup), so ``failing`` follows Vault even when
+        no request needs it; raises VaultUnavailable."""
+        self._call("lookup", self._client.auth.token.lookup_self, retry=False)
 
     def reachable(self) -> bool:
         """Vault answers at all (sealed or standby still counts as reachable)."""

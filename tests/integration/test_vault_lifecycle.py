@@ -191,6 +191,44 @@ def test_an_outage_keeps_cached_reads_refuses_writes_and_heals_itself(
         fault.stop()
 
 
+def test_with_a_pool_writes_still_stop_while_vault_is_down(
+    proxy_factory, openbao, seaweedfs, bucket
+):
+    """Pre-wrapped keys do not let writes go on through an outage: the pool hands out nothing
+    once Vault fails (checked every 2 s even when idle), and works again when it is back."""
+    vault = urlsplit(openbao.addr)
+    fault = FaultProxy(vault.hostname, vault.port)
+    try:
+        proxy = proxy_factory(
+            seaweedfs,
+            VAULT_ADDR=fault.url,
+            CLOUDTASER_S3PROXY_DEK_POOL_SIZE="8",
+            CLOUDTASER_S3PROXY_VAULT_TIMEOUT="1s",
+            CLOUDTASER_S3PROXY_VAULT_RETRIES="0",
+        )
+        s3 = no_retry_client(proxy, seaweedfs)
+        put_and_read(s3, bucket, "pool-outage/before")
+        fault.refuse()
+        time.sleep(3)  # the pool's own check notices
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            s3.put_object(Bucket=bucket, Key="pool-outage/during", Body=b"x")
+        assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        with pytest.raises(botocore.exceptions.ClientError):
+            seaweedfs.client().head_object(Bucket=bucket, Key="pool-outage/during")
+        fault.heal()
+        wait_for(lambda: _put_ok(s3, bucket, "pool-outage/after"), 15, "writes again")
+    finally:
+        fault.stop()
+
+
+def _put_ok(s3, bucket: str, key: str) -> bool:
+    try:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"back")
+        return True
+    except botocore.exceptions.ClientError:
+        return False
+
+
 # ------------------------------------------------------------------ rotation and keys
 
 

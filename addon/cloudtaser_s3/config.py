@@ -96,8 +96,7 @@ class Settings:
     vault_retries: int = 2  # further attempts after a connection failure or a 5xx
     dek_cache_size: int = 1024  # unwrapped DEKs kept for reads; 0 turns the cache off
     dek_cache_ttl: float = 300.0  # seconds a cached DEK lives after it was unwrapped
-    # Pre-wrapped DEKs ready for new objects; 0 (the default) turns the pool off: with a pool,
-    # writes go on through a Vault outage or a revocation until the pool runs dry or ages out.
+    # Pre-wrapped DEKs ready for new objects (keycache.DataKeyPool); 0 (the default) = off.
     dek_pool_size: int = 0
     dek_pool_max_age: float = 30.0  # seconds a pooled DEK may wait (bounds rotation lag)
     log_format: str = "text"

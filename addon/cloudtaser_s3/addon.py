@@ -87,7 +87,25 @@ MAX_LISTING_PROBES = 200  # multipart objects whose layout one listing may ask t
 LISTING_PROBE_CONCURRENCY = 8  # 10,000 parts with checksums fit in well under this
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 # mitmproxy options that would buffer or re-stream bodies behind our back (ENGINEERING.md).
-_FORBIDDEN_OPTIONS = ("stream_large_bodies", "body_size_limit", "store_streamed_bodies")
+# mitmproxy options that would let bodies past the encryption (buffered, re-streamed, passed
+# through untouched, sent elsewhere, rewritten or replayed) or turn off the upstream's
+# certificate check. Each must stay at its default; the start stops naming the option.
+_FORBIDDEN_OPTIONS = {
+    "stream_large_bodies": "it would buffer or stream bodies past the encryption",
+    "body_size_limit": "it would buffer or stream bodies past the encryption",
+    "store_streamed_bodies": "it would keep object bodies in memory",
+    "ignore_hosts": "matching connections would pass through unencrypted",
+    "allow_hosts": "other connections would pass through unencrypted",
+    "tcp_hosts": "matching connections would pass through as raw TCP",
+    "udp_hosts": "matching connections would pass through as raw UDP",
+    "ssl_insecure": "it turns off the check of the store's certificate",
+    "map_remote": "it sends requests to another server",
+    "map_local": "it answers requests from local files",
+    "modify_body": "it rewrites bodies outside the proxy's control",
+    "modify_headers": "it rewrites headers the proxy has set or checked",
+    "server_replay": "it answers with recorded responses",
+    "client_replay": "it sends recorded requests",
+}
 _PRESIGN_PARAMS = {
     "x-amz-algorithm",
     "x-amz-credential",
@@ -172,6 +190,10 @@ def _what(flow: http.HTTPFlow, state: FlowState | None) -> str:
 def _rejected(flow: http.HTTPFlow, error: S3Error) -> None:
     _account(flow).error_code = error.code
     metrics.rejected(error.code)
+
+
+def _drop_everything(_data: bytes) -> list[bytes]:
+    return []
 
 
 def _has_body(req: http.Request) -> bool:
@@ -274,12 +296,9 @@ class CloudTaser:
             tuple(ctx.options.mode), ctx.options.listen_host, ctx.options.listen_port
         )
         settings, spec = config.reconcile(self._base, flags)
-        for name in _FORBIDDEN_OPTIONS:
+        for name, why in _FORBIDDEN_OPTIONS.items():
             if getattr(ctx.options, name, None):
-                raise config.ConfigError(
-                    f"mitmproxy option {name}",
-                    "must stay unset: it would buffer or stream bodies past the encryption",
-                )
+                raise config.ConfigError(f"mitmproxy option {name}", f"must stay unset: {why}")
         if self.identities is None:
             self.identities = Identities(settings)
         if self.transit is None:
@@ -327,6 +346,8 @@ class CloudTaser:
         await self.refusals.start()
         transit = self.transit
         self._loop = asyncio.get_running_loop()
+        for warning in config.cleartext_warnings(self.settings):
+            log.warning("cloudtaser: %s", warning)
         await self._vault(self._login_quietly)
         transit.start_keeper()
         pool = self.pool
@@ -1527,6 +1548,17 @@ class CloudTaser:
         log.info("cloudtaser: %s failed: %s", _what(flow, state), flow.error)
         self._finish(flow, aborted=True)
 
+    @staticmethod
+    def _forget_keys(flow: http.HTTPFlow) -> None:
+        """A finished flow keeps no key material: mitmweb keeps flows, and the streams and
+        the upload state hold DEKs."""
+        state: FlowState | None = flow.metadata.get(STATE)
+        if state is not None:
+            state.upload = state.sealing = state.opening = None
+        for message in (flow.request, flow.response):
+            if message is not None and callable(message.stream):
+                message.stream = _drop_everything  # never a pass-through, should more come
+
     def _finish(self, flow: http.HTTPFlow, aborted: bool) -> None:
         """Once per request: its metrics and its log line."""
         account: Account | None = flow.metadata.get(ACCOUNT)
@@ -1566,3 +1598,4 @@ class CloudTaser:
                 client=requestlog.client_ip(flow.client_conn.peername),
             )
         )
+        self._forget_keys(flow)

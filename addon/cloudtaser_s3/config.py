@@ -264,6 +264,30 @@ def transit_key_for(settings: Settings, bucket: str, key: str) -> str:
     return settings.transit_key
 
 
+def _loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return Address(host, 0).is_loopback
+
+
+def cleartext_warnings(settings: Settings) -> list[str]:
+    """Hops that would carry secrets in clear beyond this machine: allowed (inside a cluster
+    network some choose to), but said at every start."""
+    out = []
+    if not settings.tls_cert and not settings.listen.is_loopback:
+        out.append(
+            f"CLOUDTASER_S3PROXY_LISTEN_ADDR {settings.listen} serves plain HTTP: object data "
+            "and request signatures cross the network in clear (set CLOUDTASER_S3PROXY_TLS_CERT)"
+        )
+    if settings.vault_addr.startswith("http://") and not _loopback_url(settings.vault_addr):
+        out.append(
+            "VAULT_ADDR is plain http: the Vault token and every data key cross the network "
+            "in clear"
+        )
+    if settings.s3_endpoint.startswith("http://") and not _loopback_url(settings.s3_endpoint):
+        out.append("S3_ENDPOINT is plain http: request signatures and metadata cross in clear")
+    return out
+
+
 def _get(env: Mapping[str, str], name: str) -> str | None:
     value = env.get(name)
     return value if value is not None and value.strip() != "" else None

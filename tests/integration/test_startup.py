@@ -60,8 +60,21 @@ def test_mitmdump_by_hand_refuses_a_conflicting_mode(tmp_path):
     assert "Traceback" not in out
 
 
-@pytest.mark.parametrize("option", ["stream_large_bodies=1m", "body_size_limit=10m"])
-def test_options_that_would_bypass_streaming_are_refused(tmp_path, option):
+@pytest.mark.parametrize(
+    "option",
+    [
+        "stream_large_bodies=1m",
+        "body_size_limit=10m",
+        "ignore_hosts=.*",  # would pass connections through untouched: plaintext at the store
+        "allow_hosts=nothing-matches",
+        "tcp_hosts=.*",
+        "ssl_insecure=true",  # would stop checking the store's certificate
+        "map_remote=|.*|http://elsewhere",
+        "modify_body=|.*|x",
+        "modify_headers=|.*|x-amz-meta-cloudtaser-alg|none",
+    ],
+)
+def test_options_that_would_bypass_the_encryption_are_refused(tmp_path, option):
     done = run([MITMDUMP, "-s", str(SCRIPT), "--set", option], BASE, tmp_path)
     out = done.stdout + done.stderr
     assert done.returncode != 0

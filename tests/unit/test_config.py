@@ -253,3 +253,25 @@ def test_transit_keys_route_by_the_longest_prefix():
 )
 def test_durations(text, seconds):
     assert config.parse_duration("X", text) == seconds
+
+
+def test_cleartext_hops_beyond_this_machine_are_warned_about():
+    local = from_env(
+        {
+            **MINIMAL_K8S,
+            "VAULT_ADDR": "http://127.0.0.1:8200",
+            "CLOUDTASER_S3PROXY_LISTEN_ADDR": "127.0.0.1:8099",
+            "S3_ENDPOINT": "http://localhost:9000",
+        }
+    )
+    assert config.cleartext_warnings(local) == []
+    remote = from_env(
+        {
+            **MINIMAL_K8S,
+            "VAULT_ADDR": "http://vault.example:8200",
+            "S3_ENDPOINT": "http://minio.example:9000",
+        }
+    )
+    warned = " ".join(config.cleartext_warnings(remote))
+    assert "CLOUDTASER_S3PROXY_LISTEN_ADDR" in warned
+    assert "VAULT_ADDR" in warned and "S3_ENDPOINT" in warned

@@ -130,7 +130,7 @@ def test_kubernetes_tokens_are_renewed_and_replaced_while_requests_keep_working(
             (tmp_path / "sa" / "token.new").write_text(fresh)
             os.replace(tmp_path / "sa" / "token.new", jwt)
             wait_for(lambda: log_count(proxy, "service-account token changed") >= 1, 15, "re-login")
-            assert k8s.reviews > reviews
+            wait_for(lambda: k8s.reviews > reviews, 15, "the login with the new token")
             put_and_read(s3, bucket, "k8s-lasting/after-rotation")
 
 

@@ -114,6 +114,11 @@ _PRESIGN_PARAMS = {
     "x-amz-signedheaders",
     "x-amz-signature",
     "x-amz-security-token",
+    # SigV2 query authentication (boto3 still presigns with it in some configurations): never
+    # verified here, and never forwarded beside the proxy's own signature.
+    "awsaccesskeyid",
+    "signature",
+    "expires",
 }
 _CLIENT_AUTH_HEADERS = (
     "authorization",
@@ -619,11 +624,12 @@ class CloudTaser:
                     state.range = wanted
                     await self._translate_range(flow, state)
 
-        if verified is not None and verified.presigned:
-            kept = [
+        # A presigned request goes upstream signed in headers: its query authentication (checked
+        # above, or not looked at on a sidecar that verifies nothing) is not forwarded.
+        if any(k.lower() in _PRESIGN_PARAMS for k in req.query):
+            req.query = [
                 (k, v) for k, v in req.query.items(multi=True) if k.lower() not in _PRESIGN_PARAMS
             ]
-            req.query = kept
         await self._sign_upstream(flow, state, payload_hash)
 
     def _upload_length(self, req: http.Request, chunked: bool) -> int:

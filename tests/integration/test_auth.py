@@ -192,3 +192,7 @@ def test_verification_off_on_a_loopback_sidecar(proxy_factory, seaweedfs, bucket
     assert anyone.get_object(Bucket=bucket, Key="sidecar")["Body"].read() == b"trusted pod"
     direct = s3_client(seaweedfs.endpoint, seaweedfs.access_key, seaweedfs.secret_key)
     assert direct.get_object(Bucket=bucket, Key="sidecar")["Body"].read(4) == b"CTS1"
+    # A presigned URL works there too: its query signature is dropped and the request re-signed.
+    url = anyone.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "sidecar"})
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.read() == b"trusted pod"

@@ -645,6 +645,7 @@ PARTS_1_2 = ((1, 100), (2, SEG + 5))
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason=(
         "format v1 limit: segments bind part number, length, index, salt and key but not which "
         "upload of a part is current, so an earlier upload of the same part number (a retried "
@@ -660,6 +661,7 @@ def test_an_older_upload_of_the_same_part_is_refused():
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason=(
         "format v1 limit: two uploads of one part number with the same length share every "
         "segment's associated data, so their segments can be mixed one by one"

@@ -583,6 +583,8 @@ class CloudTaser:
         if state.chunked and s3req.action is not Action.ENCRYPT:
             raise not_implemented(f"An aws-chunked {s3req.operation} body")
         if s3req.action is Action.REFUSE:
+            if s3req.operation == "InvalidBucketName":
+                raise S3Error("InvalidBucketName", "The specified bucket is not valid.", 400)
             raise not_implemented(s3req.operation)
         if s3req.action is Action.COPY:
             await self._copy(flow, state)

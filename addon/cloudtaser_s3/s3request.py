@@ -8,6 +8,7 @@ is not handled yet is classified REFUSE, so it can never be forwarded in plainte
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
@@ -76,14 +77,49 @@ def query_names(raw_query: str) -> dict[str, str]:
     }
 
 
-# Object sub-resources that carry no object data in either direction.
-_OBJECT_META_SUBRESOURCES = {
+# Object sub-resources that carry no object data in either direction. S3 has no PUT
+# ?attributes: stores that do not know it run such a request as PutObject, so it is not here.
+_OBJECT_META_PUT = {
     "acl": "ObjectAcl",
     "tagging": "ObjectTagging",
     "legal-hold": "ObjectLegalHold",
     "retention": "ObjectRetention",
-    "attributes": "ObjectAttributes",
 }
+_OBJECT_META_GET = {**_OBJECT_META_PUT, "attributes": "ObjectAttributes"}
+
+# Bucket configuration a PUT may carry (XML or JSON documents, never object data). A PUT on a
+# bucket with any other sub-resource is refused: what a store makes of an unknown one is its
+# own business, and some run unknown requests as object writes.
+_BUCKET_CONFIG = frozenset(
+    {
+        "accelerate",
+        "acl",
+        "analytics",
+        "cors",
+        "encryption",
+        "intelligent-tiering",
+        "inventory",
+        "lifecycle",
+        "logging",
+        "metrics",
+        "notification",
+        "object-lock",
+        "ownershipControls",
+        "policy",
+        "publicAccessBlock",
+        "replication",
+        "requestPayment",
+        "tagging",
+        "versioning",
+        "website",
+    }
+)
+
+# The characters S3 accepts in a bucket name (with the legacy us-east-1 rules: upper case,
+# underscores); lengths are the store's to judge.
+# A name with anything else — "/" decoded from %2F above all — is refused: stores that decode
+# the path before routing would see another bucket and an object key in it.
+_BUCKET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 
 
 def classify(method: str, raw_path: str, raw_query: str, headers: Mapping[str, str]) -> S3Request:
@@ -99,6 +135,8 @@ def classify(method: str, raw_path: str, raw_query: str, headers: Mapping[str, s
         if m == "GET":
             return req("ListBuckets", Action.PASS)
         return req(f"{m} /", Action.REFUSE)
+    if not _BUCKET_NAME.fullmatch(bucket):
+        return req("InvalidBucketName", Action.REFUSE)
 
     if key is None:
         if m == "POST":
@@ -122,7 +160,12 @@ def classify(method: str, raw_path: str, raw_query: str, headers: Mapping[str, s
         if m == "HEAD":
             return req("HeadBucket", Action.PASS)
         if m == "PUT":
-            return req("CreateBucket" if not q else f"PutBucket:{next(iter(q))}", Action.PASS)
+            if not q:
+                return req("CreateBucket", Action.PASS)
+            sub = next(iter(q))
+            if len(q) == 1 and sub in _BUCKET_CONFIG:
+                return req(f"PutBucket:{sub}", Action.PASS)
+            return req(f"PutBucket:{sub}", Action.REFUSE)
         if m == "DELETE":
             return req("DeleteBucket" if not q else f"DeleteBucket:{next(iter(q))}", Action.PASS)
         return req(f"{m} bucket", Action.REFUSE)
@@ -133,7 +176,7 @@ def classify(method: str, raw_path: str, raw_query: str, headers: Mapping[str, s
             if copy_source:
                 return req("UploadPartCopy", Action.COPY)
             return req("UploadPart", Action.ENCRYPT)
-        for sub, name in _OBJECT_META_SUBRESOURCES.items():
+        for sub, name in _OBJECT_META_PUT.items():
             if sub in q:
                 return req(f"PutObject{name}", Action.PASS)
         if copy_source:
@@ -144,7 +187,7 @@ def classify(method: str, raw_path: str, raw_query: str, headers: Mapping[str, s
     if m in ("GET", "HEAD"):
         if "uploadId" in q:
             return req("ListParts", Action.UPLOAD_ID)
-        for sub, name in _OBJECT_META_SUBRESOURCES.items():
+        for sub, name in _OBJECT_META_GET.items():
             if sub in q:
                 return req(f"GetObject{name}", Action.PASS)
         if "torrent" in q:

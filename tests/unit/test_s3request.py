@@ -99,3 +99,29 @@ def test_the_sdks_x_id_label_is_not_a_sub_resource():
     assert op("GET", "/b/k", "x-id=GetObject").operation == "GetObject"
     part = op("PUT", "/b/k", "x-id=UploadPart&partNumber=2&uploadId=u")
     assert part.operation == "UploadPart"
+
+
+# Requests a store might run as an object write must never pass through with their body.
+
+
+def test_put_attributes_is_refused_s3_has_no_such_operation():
+    """Stores that do not know PUT ?attributes run it as PutObject: it would store plaintext."""
+    assert op("PUT", "/bucket/key", "attributes").action is Action.REFUSE
+    assert op("GET", "/bucket/key", "attributes").action is Action.PASS
+
+
+@pytest.mark.parametrize("path", ["/bucket%2Fkey", "/bucket%2fdir%2Fkey", "/b%20c/key", "/.x/k"])
+def test_a_bucket_name_s3_would_not_accept_is_refused(path):
+    """SeaweedFS decodes %2F before routing: /bucket%2Fkey would be object 'key' in 'bucket'."""
+    request = op("PUT", path, "")
+    assert (request.operation, request.action) == ("InvalidBucketName", Action.REFUSE)
+
+
+@pytest.mark.parametrize("sub", ["tagging", "versioning", "policy", "lifecycle", "cors", "acl"])
+def test_bucket_configuration_passes(sub):
+    assert op("PUT", "/bucket", sub).action is Action.PASS
+
+
+@pytest.mark.parametrize("query", ["unknown", "tagging&extra", "uploads"])
+def test_a_bucket_put_with_anything_else_is_refused(query):
+    assert op("PUT", "/bucket", query).action is Action.REFUSE

@@ -175,11 +175,11 @@ def mutate(body: bytes, mutation: tuple[str, int, int, bytes]) -> bytes:
     return body[:start] + body[start : end + 2] + body[start:]  # duplicate-line
 
 
-@budget(0.4)
+@budget(0.55)
 @given(
     variant=VARIANTS,
     seed=st.integers(0, 2**32),
-    length=st.integers(0, 1000),
+    length=st.integers(0, 600),
     chunks=CHUNK,
     mutations=MUTATIONS,
     sizes=chunk_sizes,
@@ -228,7 +228,7 @@ def test_a_changed_body_fails_or_decodes_the_same_whatever_the_read_sizes(
     assert decoded == payload
 
 
-@budget(0.2)
+@budget(0.25)
 @given(
     body=st.one_of(
         st.binary(max_size=300),
@@ -249,7 +249,7 @@ def test_arbitrary_bytes_fail_with_s3error_only_and_quickly(body, variant, verif
         decode(body, sizes, variant, SIGNING if verify else None)
 
 
-@budget(0.2)
+@budget(0.1)
 @given(
     headers=st.dictionaries(
         st.one_of(
@@ -279,7 +279,8 @@ def test_arbitrary_bytes_fail_with_s3error_only_and_quickly(body, variant, verif
     data=st.binary(max_size=100),
 )
 def test_checksum_headers_and_trailers_fail_with_s3error_only(headers, trailers, data):
-    """PlaintextDigests reads the client's checksum headers and aws-chunked trailers."""
+    """PlaintextDigests reads the client's checksum headers and aws-chunked trailers (a
+    secondary target: a tenth of a parser's examples, on top of the decoder's)."""
     try:
         digests = PlaintextDigests.from_headers(headers)
         digests.update(data)

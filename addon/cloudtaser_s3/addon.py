@@ -78,6 +78,7 @@ from .upstream import Head, Store
 
 log = logging.getLogger("cloudtaser")
 ACCOUNT = "cloudtaser-account"
+_COUNT = re.compile(r"[0-9]{1,20}")  # a size as stores write it (str.isdigit() takes "²")
 T = TypeVar("T")
 
 STATE = "cloudtaser"
@@ -1451,7 +1452,7 @@ class CloudTaser:
         wanted = []
         for block in _listed_entries(resp.get_text(strict=False) or ""):
             etag, size, key = (s3xml.text_of(block, t) for t in ("ETag", "Size", "Key"))
-            if etag is None or key is None or size is None or not size.isdigit():
+            if etag is None or key is None or size is None or not _COUNT.fullmatch(size):
                 continue
             key = _listed_key(flow, key)
             if layout_mod.multipart_parts(etag) and self.layouts.get(bucket, key, etag) is None:
@@ -1508,7 +1509,7 @@ class CloudTaser:
             block = m.group(0)
             etag = s3xml.text_of(block, "ETag")
             size_text = s3xml.text_of(block, "Size")
-            if etag is None or size_text is None or not size_text.isdigit():
+            if etag is None or size_text is None or not _COUNT.fullmatch(size_text):
                 return block
             block = s3xml.replace_first(block, "ETag", etags.to_client(etag))
             if layout_mod.multipart_parts(etag) is None:

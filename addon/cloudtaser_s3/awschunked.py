@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 
 from .s3errors import S3Error
@@ -29,6 +30,8 @@ VARIANTS = (SIGNED, UNSIGNED_TRAILER, SIGNED_TRAILER)
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 MAX_LINE = 4096
 MAX_TRAILERS = 16 * 1024
+
+_HEX_SIZE = re.compile(r"[0-9A-Fa-f]{1,16}")
 
 
 def _incomplete(detail: str) -> S3Error:
@@ -95,7 +98,8 @@ class ChunkedDecoder:
         assert s is not None
         to_sign = "\n".join((algorithm, s.amz_date, s.scope, self._previous, *digests))
         expected = hmac.new(s.signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, claimed):
+        # compare_digest refuses non-ASCII str (TypeError): compare bytes, in constant time.
+        if not hmac.compare_digest(expected.encode(), claimed.encode("utf-8", "replace")):
             raise _signature_error()
         return expected
 
@@ -106,10 +110,10 @@ class ChunkedDecoder:
 
     def _start_chunk(self, line: str) -> None:
         size_text, _, ext = line.partition(";")
-        try:
-            size = int(size_text.strip(), 16)
-        except ValueError:
-            raise _incomplete("a chunk size is not hexadecimal") from None
+        # Hex digits only: int(x, 16) would also take "-1", "+a", "0x10" and "1_0".
+        if not _HEX_SIZE.fullmatch(size_text.strip()):
+            raise _incomplete("a chunk size is not hexadecimal")
+        size = int(size_text.strip(), 16)
         claimed = ""
         if ext:
             name, _, value = ext.partition("=")

@@ -112,7 +112,7 @@ class Settings:
 def parse_address(variable: str, value: str) -> Address:
     """ ":8099", "127.0.0.1:8099", "[::1]:8099" or "localhost:8099"."""
     v = value.strip()
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]*):(\d+)", v)
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]{1,5})|([^:\[\]]*):([0-9]{1,5})", v)
     if not m:
         raise ConfigError(variable, f"{value!r} is not host:port (for example ':8099')")
     host = m.group(1) if m.group(1) is not None else m.group(3)
@@ -159,7 +159,7 @@ _SIZE_UNITS = {
 
 def parse_size(variable: str, value: str) -> int:
     """Bytes from "5Gi", "500M", "1048576" (Kubernetes quantity suffixes)."""
-    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]i?|k)?\s*", value)
+    m = re.fullmatch(r"\s*([0-9]{1,20})\s*([KMGT]i?|k)?\s*", value)
     if not m:
         raise ConfigError(
             variable, f"{value!r} is not a size (bytes, or a number with Ki/Mi/Gi/Ti or K/M/G/T)"
@@ -222,7 +222,7 @@ def parse_domains(variable: str, value: str) -> tuple[str, ...]:
 
 def parse_duration(variable: str, value: str, allow_zero: bool = False) -> float:
     """Seconds from "30", "30s", "500ms", "5m", "1h"."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", value)
+    m = re.fullmatch(r"\s*([0-9]{1,9}(?:\.[0-9]{1,9})?)\s*(ms|s|m|h)?\s*", value)
     if not m:
         raise ConfigError(variable, f"{value!r} is not a duration (for example 30s, 500ms, 5m)")
     seconds = float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2) or "s"]
@@ -234,7 +234,7 @@ def parse_duration(variable: str, value: str, allow_zero: bool = False) -> float
 def parse_count(variable: str, value: str, maximum: int) -> int:
     """A whole number from 0 to ``maximum``."""
     v = value.strip()
-    if not v.isdigit() or int(v) > maximum:
+    if not re.fullmatch(r"[0-9]{1,12}", v) or int(v) > maximum:
         raise ConfigError(variable, f"{value!r} is not a whole number from 0 to {maximum}")
     return int(v)
 

@@ -21,7 +21,7 @@ from .envelope import (
     plaintext_part_length,
 )
 
-_MULTIPART_ETAG = re.compile(r'^"?[0-9a-fA-F]{32}-(\d+)"?$')
+_MULTIPART_ETAG = re.compile(r'^"?[0-9a-fA-F]{32}-([0-9]{1,5})"?$')
 
 
 def multipart_parts(etag: str | None) -> int | None:

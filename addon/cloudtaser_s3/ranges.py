@@ -25,7 +25,9 @@ from .envelope import (
 )
 from .layout import Layout
 
-_RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
+_RANGE = re.compile(r"\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*")
+
+MAX_DIGITS = 20  # a byte position of more digits is past any object (2**64 has 20)
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ def parse_range(value: str) -> ByteRange | None:
     m = _RANGE.fullmatch(value)
     if not m or (m.group(1) == "" and m.group(2) == ""):
         return None
+    if len(m.group(1)) > MAX_DIGITS or len(m.group(2)) > MAX_DIGITS:
+        return None  # no object is that large; int() of thousands of digits would raise
     first = int(m.group(1)) if m.group(1) else None
     last = int(m.group(2)) if m.group(2) else None
     if first is not None and last is not None and last < first:
@@ -145,13 +149,13 @@ def plan(r: ByteRange, layout: Layout, stored_offset: int | None = None) -> Rang
     )
 
 
-_CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+)\s*")
+_CONTENT_RANGE = re.compile(r"\s*bytes\s+([0-9]+)-([0-9]+)/([0-9]+)\s*")
 
 
 def parse_content_range(value: str) -> tuple[int, int, int] | None:
     """(first, last, total) of ``bytes first-last/total``."""
     m = _CONTENT_RANGE.fullmatch(value)
-    if not m:
+    if not m or any(len(x) > MAX_DIGITS for x in m.groups()):
         return None
     first, last, total = (int(x) for x in m.groups())
     return first, last, total

@@ -33,7 +33,7 @@ def _no_observer(call: str, seconds: float, ok: bool) -> None:
     pass
 
 
-_WRAPPED = re.compile(r"vault:v(\d+):[A-Za-z0-9+/=]+")
+_WRAPPED = re.compile(r"vault:v([0-9]{1,9}):[A-Za-z0-9+/=]+")
 JWT_CHECK_SECONDS = 10.0  # how often the keeper looks for a rotated service-account token
 RENEW_AT = 2 / 3  # renew when this share of the token's TTL has passed
 RETRY_BASE_SECONDS = 0.2

@@ -74,7 +74,7 @@ RANGE_MAX_RATIO = 1.2  # 1 KiB range p50 <= 1.2x M
 
 # Defaults of the full run and of --quick (options the user gives win over both).
 DEFAULTS: dict[str, Any] = {
-    "rounds": 6,
+    "rounds": 9,
     "medium_count": 10,
     "small_count": 50,
     "range_count": 20,
@@ -181,6 +181,48 @@ def check_is_mitmdump(pid: int) -> str:
     kids = proc_children(pid)
     note = f", children {kids}" if kids else ", no child processes"
     return f"pid {pid} is mitmdump ({' '.join(argv[:2])}{note})"
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs of the machine have been busy since boot (/proc/stat): user,
+    nice, system and steal (the hypervisor gave the time to another guest). Interrupt time is
+    left out: our own loopback traffic is handled there and no process is charged for it."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return 0.0
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds used so far by a process and all its live descendants."""
+    total, todo, seen = 0.0, [root], set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        total += proc_cpu_seconds(pid)
+        todo += proc_children(pid)
+    return total
+
+
+class OtherLoad:
+    """The share of the machine's CPUs that processes outside this benchmark (and steal time)
+    used meanwhile: busy time from /proc/stat minus the CPU time of this process and its
+    descendants (the servers and the client processes)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.busy0 = machine_busy_seconds()
+        self.ours0 = tree_cpu_seconds(os.getpid())
+
+    def share(self) -> float:
+        wall = (time.monotonic() - self.t0) * (os.cpu_count() or 1)
+        busy = machine_busy_seconds() - self.busy0
+        ours = tree_cpu_seconds(os.getpid()) - self.ours0
+        return max(0.0, busy - ours) / wall if wall > 0 else 0.0
 
 
 def reset_own_hwm() -> bool:
@@ -621,6 +663,7 @@ class Results:
     retries: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TARGETS, 0))
     bytes_verified: int = 0
     notes: list[str] = field(default_factory=list)
+    other_load: float = 0.0  # the share of the CPUs other processes used during the rounds
 
     def add(self, measure: str, target: str, seconds: float | Sequence[float]) -> None:
         per = self.samples.setdefault(measure, {}).setdefault(target, [])
@@ -849,9 +892,11 @@ def note_processes(res: Results, out: PoolBatch, where: str) -> None:
 def run_rounds(run: Run) -> None:
     """The interleaved rounds; the order of the targets rotates every round."""
     a, res = run.args, run.res
+    whole = OtherLoad()
     for rnd in range(a.rounds):
         order = rotated(TARGETS, rnd)
         t0 = time.monotonic()
+        other = OtherLoad()
         round_big(run, rnd, order)
         round_objects(run, rnd, order, a.medium_size, a.medium_count, "medium")
         round_objects(run, rnd, order, a.small_size, a.small_count, "small")
@@ -869,8 +914,10 @@ def run_rounds(run: Run) -> None:
         )
         print(
             f"  round {rnd + 1}/{a.rounds} ({' '.join(SHORT[t] for t in order)}) "
-            f"{time.monotonic() - t0:5.1f} s; {fmt_size(a.big_size)} MiB/s PUT {put}, GET {get}"
+            f"{time.monotonic() - t0:5.1f} s; {fmt_size(a.big_size)} MiB/s PUT {put}, GET {get}; "
+            f"others {100 * other.share():.0f}% CPU"
         )
+    res.other_load = whole.share()
 
 
 def warm_up(run: Run) -> None:
@@ -967,14 +1014,14 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     """Figure, the three targets, P/D, P/M, P-M for latencies, target and verdict."""
     print(
         f"  {'figure':<34}{'direct':>9}{'mitmproxy':>11}{'proxy':>9}{'P/D':>8}{'P/M':>8}"
-        f"{'P-M':>10}  {'target':<13}"
+        f"{'P-M':>11}  {'target':<13}"
     )
     for r in rows:
         added = f"{r['p_minus_m_ms']:+.1f} ms" if "p_minus_m_ms" in r else ""
         verdict = f"{r['target']:<13}{r['verdict']}" if "verdict" in r else ""
         line = (
             f"  {r['figure']:<34}{r['direct']:>9.1f}{r['mitmproxy']:>11.1f}{r['proxy']:>9.1f}"
-            f"{r['p_over_d']:>7.2f}x{r['p_over_m']:>7.2f}x{added:>10}  {verdict}"
+            f"{r['p_over_d']:>7.2f}x{r['p_over_m']:>7.2f}x{added:>11}  {verdict}"
         )
         print(line.rstrip())
 
@@ -1079,6 +1126,10 @@ def print_main(args: argparse.Namespace, res: Results, report: dict[str, Any]) -
         f"{transit['encrypt_p50_ms']:.1f} ms (the proxy makes one per PUT), decrypt p50 "
         f"{transit['decrypt_p50_ms']:.1f} ms (one per GET of an object not in its DEK cache)"
     )
+    print(
+        f"  processes outside this benchmark used {100 * res.other_load:.0f}% of the "
+        f"{os.cpu_count()} CPUs during the rounds"
+    )
     for note in res.notes:
         print(f"  note: {note}")
 
@@ -1139,6 +1190,7 @@ def main_run(stack: Stack, args: argparse.Namespace, pool: Any) -> tuple[dict[st
         bytes_verified=res.bytes_verified,
         retries=res.retries,
         notes=res.notes,
+        other_load=res.other_load,
         samples_s=res.samples,
         batches={
             m: {t: [asdict(b) for b in bs] for t, bs in v.items()} for m, v in res.batches.items()
@@ -1217,6 +1269,7 @@ def scan_run(run: Run) -> dict[str, Any]:
     del big
     hwm0 = {t: proc_status_kib(run.pids[t], "VmHWM") or 0 for t in PROXIES}
     levels: dict[int, dict[str, Any]] = {}
+    other = OtherLoad()
     for i, level in enumerate(a.scan_levels):
         order = rotated(TARGETS, i)
         run.settle(order)
@@ -1239,7 +1292,12 @@ def scan_run(run: Run) -> dict[str, Any]:
     for t in TARGETS:
         run.clients["direct"].delete_object(Bucket=BUCKET, Key=f"{t}/scan-big")
     hwm = {t: proc_status_kib(run.pids[t], "VmHWM") or 0 for t in PROXIES}
-    return {"levels": levels, "vmhwm_before_kib": hwm0, "vmhwm_after_kib": hwm}
+    return {
+        "levels": levels,
+        "vmhwm_before_kib": hwm0,
+        "vmhwm_after_kib": hwm,
+        "other_load": other.share(),
+    }
 
 
 def print_scan(args: argparse.Namespace, scan: dict[str, Any]) -> None:
@@ -1269,6 +1327,10 @@ def print_scan(args: argparse.Namespace, scan: dict[str, Any]) -> None:
     print(
         "  peak RSS (VmHWM) before -> after the scan: "
         + ", ".join(f"{t} {b[t] / KiB:.1f} -> {a[t] / KiB:.1f} MiB" for t in PROXIES)
+    )
+    print(
+        f"  processes outside this benchmark used {100 * scan['other_load']:.0f}% of the "
+        f"{os.cpu_count()} CPUs during the scan"
     )
 
 
@@ -1426,7 +1488,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument(
         "--quick", action="store_true", help="a short smoke run (about 2 minutes on 2 cores)"
     )
-    ap.add_argument("--rounds", type=int, help="interleaved rounds (default 6, quick 3)")
+    ap.add_argument("--rounds", type=int, help="interleaved rounds (default 9, quick 3)")
     ap.add_argument(
         "--big-size", type=parse_size, default=64 * MiB, help="big object (default 64MiB)"
     )

@@ -8,10 +8,9 @@ trailer signed last), with random chunk sizes, random payloads and the trailing 
 send. Mutations: bit flips, truncation, insertion, deletion, a chunk-size line rewritten in the
 forms a lenient parser might accept, a line duplicated.
 
-Two findings are pinned by the xfail tests at the end, and the properties step around exactly
-them (each counted as a hypothesis event): a negative chunk size is accepted (``int(text, 16)``
-takes a sign), and a chunk or trailer signature with a non-ASCII character raises TypeError
-instead of S3Error.
+Two findings of this target were fixed (tests at the end): a negative chunk size was accepted
+(``int(text, 16)`` takes a sign) and framed the body by the read sizes, and a chunk or trailer
+signature with a non-ASCII character raised TypeError instead of S3Error.
 """
 
 from __future__ import annotations
@@ -79,14 +78,10 @@ def encode(payload: bytes, sizes: list[int], variant: str, trailer: bool) -> byt
     return b"".join(out)
 
 
-NON_ASCII_SIGNATURE = "non-ASCII signature (finding, see the xfail tests)"
-
-
 def decode(
     body: bytes, sizes: list[int], variant: str, signing: ChunkSigning | None
-) -> tuple[bytes, list[tuple[str, str]]] | S3Error | str:
-    """(payload, trailers) or the S3Error; any other exception fails the test, but for the
-    one finding pinned at the end (a signature with a non-ASCII character is a TypeError)."""
+) -> tuple[bytes, list[tuple[str, str]]] | S3Error:
+    """(payload, trailers) or the S3Error; any other exception fails the test."""
     decoder = ChunkedDecoder(variant, signing)
     out = []
     try:
@@ -95,11 +90,6 @@ def decode(
         decoder.finish()
     except S3Error as e:
         return e
-    except TypeError as e:
-        if "non-ASCII" not in str(e):
-            raise
-        event(NON_ASCII_SIGNATURE)
-        return NON_ASCII_SIGNATURE
     return b"".join(out), decoder.trailers
 
 
@@ -141,11 +131,23 @@ def test_a_valid_body_decodes_to_its_payload_in_any_read_sizes(
 
 WORD = st.integers(0, 2**32 - 1)
 # Size lines a lenient parser might take (int(x, 16) accepts a sign, "0x", "_" and spaces).
-ODD_SIZES = ["+2", "0x2", "2_0", " 2 ", "02", "2 ", "ffffffffffffffffffff", "", "g", "٢", "2;"]
+ODD_SIZES = [
+    "-2",
+    "+2",
+    "0x2",
+    "2_0",
+    " 2 ",
+    "02",
+    "2 ",
+    "ffffffffffffffffffff",
+    "",
+    "g",
+    "٢",
+    "2;",
+]
 KINDS = ["flip", "truncate", "insert", "delete", "size-line", "duplicate-line"]
 MUTATION = st.tuples(st.sampled_from(KINDS), WORD, WORD, st.binary(min_size=1, max_size=12))
 MUTATIONS = st.lists(MUTATION, min_size=1, max_size=2)
-NEGATIVE_SIZE = re.compile(rb"(^|\r\n)\s*-")
 
 
 def mutate(body: bytes, mutation: tuple[str, int, int, bytes]) -> bytes:
@@ -197,11 +199,6 @@ def test_a_changed_body_fails_or_decodes_the_same_whatever_the_read_sizes(
             event(f"mutation: {mutation[0]}")
     with within(5, "decoding a 1 KB body"):
         got = decode(body, sizes, variant, SIGNING)
-    if got == NON_ASCII_SIGNATURE:
-        return
-    if NEGATIVE_SIZE.search(body):
-        event("negative chunk size (finding, see the xfail tests)")
-        return
     again = decode(body, other_sizes, variant, SIGNING)
     # The outcome depends on the bytes, not on how they arrived.
     assert isinstance(got, S3Error) == isinstance(again, S3Error)
@@ -291,50 +288,23 @@ def test_checksum_headers_and_trailers_fail_with_s3error_only(headers, trailers,
 
 
 # --------------------------------------------------------------------------------------------
-# Finding: a negative chunk size is accepted
+# Fixed findings
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "finding: awschunked.ChunkedDecoder._start_chunk parses the size with int(text, 16), "
-        "which accepts '-2'; a negative size then takes 'all but the last 2 buffered bytes' as "
-        "chunk data, so a malformed body is accepted and what it decodes to depends on how the "
-        "body was split into reads"
-    ),
-)
-def test_a_negative_chunk_size_is_refused():
+@pytest.mark.parametrize("size", ["-2", "+2", "0x2", "2_0", "٢"])
+def test_a_chunk_size_is_hex_digits_only(size):
+    """int(text, 16) took '-2', which framed the body by how it was read."""
     decoder = ChunkedDecoder(UNSIGNED_TRAILER, None)
-    with pytest.raises(S3Error):
-        decoder.feed(b"-2\r\nabcdef\r\n")
+    with pytest.raises(S3Error, match="IncompleteBody"):
+        decoder.feed(f"{size}\r\nabcdef\r\n".encode())
         decoder.feed(b"0\r\n\r\n")
         decoder.finish()
 
 
-@pytest.mark.xfail(strict=True, reason="finding: see test_a_negative_chunk_size_is_refused")
-def test_the_same_body_decodes_the_same_whatever_the_read_sizes():
-    body = b"-2\r\nab\r\n0\r\n\r\n"
-
-    def outcome(sizes: list[int]) -> object:
-        got = decode(body, sizes, UNSIGNED_TRAILER, None)
-        return got.code if isinstance(got, S3Error) else got
-
-    assert outcome([len(body)]) == outcome([8])  # IncompleteBody, then (b"ab", [])
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason=(
-        "finding: awschunked.ChunkedDecoder._check compares the claimed signature with "
-        "hmac.compare_digest(str, str), which raises TypeError for a non-ASCII character; "
-        "the proxy then answers InternalError (500) with a logged traceback instead of "
-        "SignatureDoesNotMatch (403)"
-    ),
-)
 @pytest.mark.parametrize("where", ["chunk", "trailer"])
 def test_a_signature_with_a_non_ascii_character_is_signature_does_not_match(where):
+    """hmac.compare_digest(str, str) raised TypeError for it."""
     body = encode(b"", [1], SIGNED_TRAILER, trailer=True)
     marker = b"chunk-signature=" if where == "chunk" else b"x-amz-trailer-signature:"
     at = body.index(marker) + len(marker)

@@ -11,19 +11,23 @@ Security properties (what a request may carry into the store):
   metadata on PUT (acl, tagging, legal-hold, retention);
 * POST on an object is never PASS but for ``restore``; unknown methods on an object are REFUSE;
 * GET of an object with no sub-resource is DECRYPT and HEAD is HEAD;
-* the bucket and key are the ones a store that decodes the path before it splits it would see.
+* the bucket and key are the ones a store that decodes the path before it splits it would see,
+  and a bucket segment that is not a bucket name (an encoded '/' above all) is refused.
 
-Two findings (plaintext stored at rest through the proxy) are pinned by xfail tests here and in
-test_fuzz_found_store_plaintext.py; the properties exclude exactly those inputs and say so.
+Two findings of this target (bodies stored as plaintext at rest through the proxy) were fixed:
+PUT ``?attributes`` was passed on, and so was ``PUT /bucket%2Fkey`` (a bucket operation to the
+proxy, an object write to SeaweedFS). Their tests are at the end, and end to end in
+test_fuzz_found_store_plaintext.py.
 """
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qsl, quote, unquote
 
 import pytest
 from fuzzkit import budget
-from hypothesis import event, given
+from hypothesis import given
 from hypothesis import strategies as st
 from mitmproxy import http
 
@@ -98,7 +102,8 @@ def test_any_request_gets_an_action_and_never_an_exception(method, path, query, 
 # --------------------------------------------------------------------------------------------
 
 NAME = st.text("aZ09-_.~ +%é☃", min_size=1, max_size=8)
-BUCKET = st.text("abz09-.", min_size=1, max_size=10)
+# S3 bucket names (with the legacy rules: upper case, underscores); the proxy refuses others.
+BUCKET = st.builds("{}{}".format, st.sampled_from("abz09AZ"), st.text("abz09-._AZ", max_size=9))
 # The sub-resources S3 reads a PUT body for, as object metadata.
 PUT_METADATA = {"acl", "tagging", "legal-hold", "retention"}
 # Query parameters that are not sub-resources: presigned-URL authentication and SDK labels.
@@ -160,9 +165,8 @@ def test_a_body_sent_to_an_object_is_never_passed_on_as_it_came(
     # The only requests left unencrypted: metadata sub-resources on PUT, restore on POST.
     if method.upper() == "POST":
         assert "restore" in names
-    elif not names & PUT_METADATA:
-        assert method.upper() == "PUT" and "attributes" in names, request
-        event("finding: PUT ?attributes is passed on (pinned below)")
+    else:
+        assert method.upper() == "PUT" and names & PUT_METADATA, request
 
 
 @budget(0.1)
@@ -221,37 +225,34 @@ def test_a_virtual_host_is_a_bucket_under_a_configured_domain_or_none(host, doma
     assert bucket
 
 
-# --------------------------------------------------------------------------------------------
-# Findings: requests whose body reaches the store unencrypted
-# --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "finding: s3request.classify treats 'attributes' as an object metadata sub-resource for "
-        "PUT too (PutObjectObjectAttributes, PASS), but S3 has no PUT ?attributes: moto and "
-        "SeaweedFS run it as PutObject and store the body as plaintext "
-        "(test_fuzz_found_store_plaintext.py shows it end to end)"
-    ),
+@budget(0.05)
+@given(
+    bucket=st.text(TEXT + "%2F", min_size=1, max_size=12),
+    method=st.sampled_from(["PUT", "POST", "GET", "DELETE"]),
+    query=QUERY,
 )
+def test_a_bucket_segment_that_is_no_bucket_name_is_refused(bucket, method, query):
+    raw = "".join(c if c.isalnum() and c.isascii() else f"%{ord(c):02X}" for c in bucket)
+    request = classify(method, f"/{raw}/key", query, headers_of([]))
+    # A character S3 never allows in a bucket name ('/' decoded from %2F above all): refused,
+    # whatever the method, before any store can read the path another way.
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", unquote(raw)):
+        assert request.action is Action.REFUSE
+
+
+# --------------------------------------------------------------------------------------------
+# Fixed findings: requests whose body reached the store unencrypted
+# --------------------------------------------------------------------------------------------
+
+
 def test_put_attributes_is_not_passed_on_unencrypted():
+    """There is no PUT ?attributes in S3: moto and SeaweedFS ran it as PutObject."""
     request = classify("PUT", "/bucket/key", "attributes", headers_of([]))
     assert request.action is not Action.PASS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "finding: s3request.split_path decodes the bucket segment, so /bucket%2Fkey is a "
-        "bucket named 'bucket/key' and a PUT to it is CreateBucket (PASS); SeaweedFS decodes "
-        "the path before routing and stores the body as object 'key' in 'bucket', in plaintext "
-        "(test_fuzz_found_store_plaintext.py shows it end to end)"
-    ),
-)
 @pytest.mark.parametrize("path", ["/bucket%2Fkey", "/bucket%2fdir%2Fkey"])
 def test_an_encoded_slash_in_the_bucket_segment_is_not_a_bucket_operation(path):
+    """SeaweedFS decodes the path before routing: this was an object write in 'bucket'."""
     request = classify("PUT", path, "", headers_of([]))
-    assert request.action is not Action.PASS
+    assert request.action is Action.REFUSE

@@ -1,10 +1,11 @@
-"""Findings of the classifier fuzzing, end to end: requests that a client signs correctly and
-the proxy passes on unencrypted, which the store then saves as an object — plaintext at rest.
+"""Findings of the classifier fuzzing, end to end, now fixed: requests that a client signs
+correctly and that the proxy used to pass on unencrypted, which the store then saved as an
+object — plaintext at rest (PUT ?attributes on moto and SeaweedFS, PUT /bucket%2Fkey on
+SeaweedFS).
 
 Each test sends one PUT through a real proxy (signed the way the proxy verifies it: the
 canonical form of the path and query as sent), then reads what the store holds, bypassing the
-proxy. Strict xfails: they start passing, and so fail, once the classifier refuses or encrypts
-these requests. The unit-level pins are in test_fuzz_classify.py.
+proxy. The unit-level tests are in test_fuzz_classify.py.
 """
 
 from __future__ import annotations
@@ -78,14 +79,6 @@ def new_bucket(backend, proxy) -> str:
     return bucket
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "finding: PUT /bucket/key?attributes is classified PutObjectObjectAttributes (PASS) "
-        "and forwarded as it came; S3 has no such operation and the stores run PutObject"
-    ),
-)
 def test_put_with_attributes_does_not_store_plaintext(store_and_proxy):
     backend, proxy = store_and_proxy
     bucket = new_bucket(backend, proxy)
@@ -93,15 +86,6 @@ def test_put_with_attributes_does_not_store_plaintext(store_and_proxy):
     assert SECRET_BODY not in stored_objects(backend, bucket).values()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "finding: PUT /bucket%2Fkey is classified CreateBucket (bucket 'bucket/key', PASS) "
-        "and forwarded as it came; SeaweedFS decodes %2F before routing and stores the body "
-        "as the object 'key' of 'bucket'"
-    ),
-)
 def test_an_encoded_slash_after_the_bucket_does_not_store_plaintext(seaweedfs, proxy_seaweedfs):
     bucket = new_bucket(seaweedfs, proxy_seaweedfs)
     signed_put(proxy_seaweedfs, seaweedfs, f"/{bucket}%2Freport.txt", "", SECRET_BODY)

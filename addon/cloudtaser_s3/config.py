@@ -127,7 +127,10 @@ def parse_address(variable: str, value: str) -> Address:
 def parse_endpoint(variable: str, value: str) -> str:
     """An http(s) URL with a host and no path, query or credentials; no trailing slash."""
     v = value.strip().rstrip("/")
-    parts = urlsplit(v)
+    try:
+        parts = urlsplit(v)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        raise ConfigError(variable, f"{value!r} is not an http(s)://host[:port] URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(variable, f"{value!r} is not an http(s)://host[:port] URL")
     if parts.path or parts.query or parts.fragment or parts.username or parts.password:

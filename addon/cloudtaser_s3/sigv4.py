@@ -368,7 +368,10 @@ def _parse_http_date(value: str | None) -> datetime | None:
         return None
     if parsed.tzinfo is None:  # "-0000": UTC with no local zone (RFC 5322); botocore writes it
         return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # a date near year 9999 in a zone east of UTC
+        return None
 
 
 def _parse_presigned(params: Mapping[str, list[str]], headers: _Headers) -> _Claim:

@@ -71,14 +71,6 @@ def test_a_bad_setting_is_config_error(parser, value):
         PARSERS[parser](value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason=(
-        "finding: config.parse_endpoint lets urlsplit's ValueError ('Invalid IPv6 URL') out "
-        "for 'http://[::1', not ConfigError (__main__ and the addon catch ConfigError only)"
-    ),
-)
 def test_an_endpoint_with_an_unclosed_bracket_is_config_error():
     with pytest.raises(ConfigError):
         PARSERS["endpoint"]("http://[::1")

@@ -35,6 +35,15 @@ def bucket(seaweedfs) -> str:
 
 
 @pytest.fixture
+def vault_fault(openbao):
+    """OpenBao behind a fault-injecting TCP forwarder: ``refuse()`` is an outage."""
+    vault = urlsplit(openbao.addr)
+    fault = FaultProxy(vault.hostname, vault.port)
+    yield fault
+    fault.stop()
+
+
+@pytest.fixture
 def transit_key(openbao) -> str:
     """A Transit key of this test's own, so rotating it disturbs nobody else."""
     name = f"lifecycle-{uuid.uuid4().hex[:8]}"
@@ -150,75 +159,67 @@ def test_a_renewable_vault_token_is_renewed_past_its_ttl(openbao, seaweedfs, buc
 
 
 def test_an_outage_keeps_cached_reads_refuses_writes_and_heals_itself(
-    proxy_factory, openbao, seaweedfs, bucket
+    proxy_factory, vault_fault, seaweedfs, bucket
 ):
-    vault = urlsplit(openbao.addr)
-    fault = FaultProxy(vault.hostname, vault.port)
-    try:
-        proxy = proxy_factory(
-            seaweedfs,
-            VAULT_ADDR=fault.url,
-            CLOUDTASER_S3PROXY_VAULT_TIMEOUT="1s",
-            CLOUDTASER_S3PROXY_VAULT_RETRIES="1",
-        )
-        s3 = no_retry_client(proxy, seaweedfs)
-        s3.put_object(Bucket=bucket, Key="outage/read-before", Body=b"cached")
-        assert s3.get_object(Bucket=bucket, Key="outage/read-before")["Body"].read() == b"cached"
-        s3.put_object(Bucket=bucket, Key="outage/never-read", Body=b"not cached")
-        wait_for(lambda: http_status(proxy.readyz) == 200, 10, "ready")
+    fault = vault_fault
+    proxy = proxy_factory(
+        seaweedfs,
+        VAULT_ADDR=fault.url,
+        CLOUDTASER_S3PROXY_VAULT_TIMEOUT="1s",
+        CLOUDTASER_S3PROXY_VAULT_RETRIES="1",
+    )
+    s3 = no_retry_client(proxy, seaweedfs)
+    s3.put_object(Bucket=bucket, Key="outage/read-before", Body=b"cached")
+    assert s3.get_object(Bucket=bucket, Key="outage/read-before")["Body"].read() == b"cached"
+    s3.put_object(Bucket=bucket, Key="outage/never-read", Body=b"not cached")
+    wait_for(lambda: http_status(proxy.readyz) == 200, 10, "ready")
 
-        fault.refuse()
-        started = time.monotonic()
-        with pytest.raises(botocore.exceptions.ClientError) as e:
-            s3.put_object(Bucket=bucket, Key="outage/during", Body=b"x" * 5000)
-        assert e.value.response["Error"]["Code"] == "ServiceUnavailable"
-        assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
-        assert time.monotonic() - started < 10  # bounded: two attempts, short timeouts
-        with pytest.raises(botocore.exceptions.ClientError):
-            seaweedfs.client().head_object(Bucket=bucket, Key="outage/during")
-        # The DEK of an object read before the outage is cached: it still reads.
-        assert s3.get_object(Bucket=bucket, Key="outage/read-before")["Body"].read() == b"cached"
-        with pytest.raises(botocore.exceptions.ClientError) as e:
-            s3.get_object(Bucket=bucket, Key="outage/never-read")
-        assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
-        wait_for(lambda: http_status(proxy.readyz) == 503, 15, "/readyz 503")
+    fault.refuse()
+    started = time.monotonic()
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.put_object(Bucket=bucket, Key="outage/during", Body=b"x" * 5000)
+    assert e.value.response["Error"]["Code"] == "ServiceUnavailable"
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    assert time.monotonic() - started < 10  # bounded: two attempts, short timeouts
+    with pytest.raises(botocore.exceptions.ClientError):
+        seaweedfs.client().head_object(Bucket=bucket, Key="outage/during")
+    # The DEK of an object read before the outage is cached: it still reads.
+    assert s3.get_object(Bucket=bucket, Key="outage/read-before")["Body"].read() == b"cached"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.get_object(Bucket=bucket, Key="outage/never-read")
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    wait_for(lambda: http_status(proxy.readyz) == 503, 15, "/readyz 503")
 
-        fault.heal()  # no restart: everything comes back by itself
-        wait_for(lambda: http_status(proxy.readyz) == 200, 15, "/readyz 200")
-        put_and_read(s3, bucket, "outage/after")
-        assert s3.get_object(Bucket=bucket, Key="outage/never-read")["Body"].read() == b"not cached"
-    finally:
-        fault.stop()
+    fault.heal()  # no restart: everything comes back by itself
+    wait_for(lambda: http_status(proxy.readyz) == 200, 15, "/readyz 200")
+    put_and_read(s3, bucket, "outage/after")
+    assert s3.get_object(Bucket=bucket, Key="outage/never-read")["Body"].read() == b"not cached"
 
 
 def test_with_a_pool_writes_still_stop_while_vault_is_down(
-    proxy_factory, openbao, seaweedfs, bucket
+    proxy_factory, vault_fault, seaweedfs, bucket
 ):
     """Pre-wrapped keys do not let writes go on through an outage: the pool hands out nothing
     once Vault fails (checked every 2 s even when idle), and works again when it is back."""
-    vault = urlsplit(openbao.addr)
-    fault = FaultProxy(vault.hostname, vault.port)
-    try:
-        proxy = proxy_factory(
-            seaweedfs,
-            VAULT_ADDR=fault.url,
-            CLOUDTASER_S3PROXY_DEK_POOL_SIZE="8",
-            CLOUDTASER_S3PROXY_VAULT_TIMEOUT="1s",
-            CLOUDTASER_S3PROXY_VAULT_RETRIES="0",
-        )
-        s3 = no_retry_client(proxy, seaweedfs)
-        put_and_read(s3, bucket, "pool-outage/before")
-        fault.refuse()
-        time.sleep(3)  # the pool's own check notices
-        with pytest.raises(botocore.exceptions.ClientError) as e:
-            s3.put_object(Bucket=bucket, Key="pool-outage/during", Body=b"x")
-        assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
-        with pytest.raises(botocore.exceptions.ClientError):
-            seaweedfs.client().head_object(Bucket=bucket, Key="pool-outage/during")
-        fault.heal()
-        wait_for(lambda: _put_ok(s3, bucket, "pool-outage/after"), 15, "writes again")
-    finally:
-        fault.stop()
+    fault = vault_fault
+    proxy = proxy_factory(
+        seaweedfs,
+        VAULT_ADDR=fault.url,
+        CLOUDTASER_S3PROXY_DEK_POOL_SIZE="8",
+        CLOUDTASER_S3PROXY_VAULT_TIMEOUT="1s",
+        CLOUDTASER_S3PROXY_VAULT_RETRIES="0",
+    )
+    s3 = no_retry_client(proxy, seaweedfs)
+    put_and_read(s3, bucket, "pool-outage/before")
+    fault.refuse()
+    time.sleep(3)  # the pool's own check notices
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.put_object(Bucket=bucket, Key="pool-outage/during", Body=b"x")
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    with pytest.raises(botocore.exceptions.ClientError):
+        seaweedfs.client().head_object(Bucket=bucket, Key="pool-outage/during")
+    fault.heal()
+    wait_for(lambda: _put_ok(s3, bucket, "pool-outage/after"), 15, "writes again")
 
 
 def _put_ok(s3, bucket: str, key: str) -> bool:

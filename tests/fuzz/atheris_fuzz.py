@@ -25,7 +25,7 @@ def main() -> None:
         sys.exit(__doc__)
     module_name, test_name = sys.argv[1].split("::", 1)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import conftest  # noqa: F401  (the hypothesis profile: no database, no deadline)
+    import fuzzkit  # noqa: F401  (the hypothesis profile: no database, no deadline)
 
     with atheris.instrument_imports(include=["cloudtaser_s3"]):
         module = importlib.import_module(module_name)

@@ -1,4 +1,14 @@
-"""What the fuzz targets share: the example budget, chunked feeding, a time bound.
+"""What the fuzz targets share: the hypothesis profile, the example budget, chunked feeding, a
+time bound.
+
+The profile (it lives here, not in a conftest.py: test modules import ``conftest`` by name,
+and a second conftest module would shadow tests/conftest.py for every module collected after):
+
+* No example database: CI starts from a fresh clone anyway, and each run should explore new
+  inputs rather than replay old ones. A failure prints the falsifying example and a
+  ``@reproduce_failure`` blob to replay it exactly.
+* No per-example deadline: this machine is shared and loaded, so wall-clock deadlines would be
+  flaky. Targets that must stay fast (the XML rewriting) check their own time bound instead.
 
 ``CLOUDTASER_FUZZ_EXAMPLES`` is the number of examples *each parser* gets in one run (default
 10,000, what CI runs). A parser's tests split it between them with ``budget(share)``, the shares
@@ -14,8 +24,17 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+
+settings.register_profile(
+    "cloudtaser-fuzz",
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile("cloudtaser-fuzz")
 
 EXAMPLES = int(os.environ.get("CLOUDTASER_FUZZ_EXAMPLES", "10000"))
 

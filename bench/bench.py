@@ -16,7 +16,7 @@ issue's figure) through a fresh proxy and back, sampling its RSS; the target is 
 Exit codes: 0 fine (a MISS is printed, not fatal); 1 the memory run exceeded the RSS target;
 2 a read mismatched, a request failed or a server died; 130 interrupted.
 
-    ./run.sh bench [--quick] [--rounds 6] [--no-scan] [--no-memory] [--memory-size 1GiB]
+    ./run.sh bench [--quick] [--rounds 9] [--no-scan] [--no-memory] [--memory-size 1GiB]
                    [--json out.json] [--keep]   (--help for the sizes and counts)
 """
 

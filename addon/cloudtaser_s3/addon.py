@@ -314,7 +314,9 @@ class CloudTaser:
                 lambda n, name: self.transit.new_data_keys(n, name),  # type: ignore[union-attr]
                 settings.dek_pool_size,
                 settings.dek_pool_max_age,
-                tuple(self.transit.key_names()),
+                # No key pooled before a write asks for it: a refill is a Transit encrypt,
+                # which a token allowed to upsert would answer by creating a missing key.
+                (),
                 healthy=lambda: not self.transit.failing,  # type: ignore[union-attr]
                 check=self.transit.check_token,
             )
@@ -558,10 +560,19 @@ class CloudTaser:
                     datetime.now(UTC),
                 )
                 if verified.region != self.settings.s3_region:
+                    wrong = (
+                        f"the region '{verified.region}' is wrong; "
+                        f"expecting '{self.settings.s3_region}'"
+                    )
+                    if verified.presigned:
+                        raise S3Error(
+                            "AuthorizationQueryParametersError",
+                            "Error parsing the X-Amz-Credential parameter; " + wrong,
+                            400,
+                        )
                     raise S3Error(
                         "AuthorizationHeaderMalformed",
-                        "The authorization header is malformed; the region "
-                        f"'{verified.region}' is wrong; expecting '{self.settings.s3_region}'",
+                        "The authorization header is malformed; " + wrong,
                         400,
                     )
             except S3Error as e:
@@ -678,19 +689,22 @@ class CloudTaser:
         key_name = config.transit_key_for(
             self.settings, state.request.bucket or "", state.request.key or ""
         )
-        pooled = self.pool.take(key_name)
+        data_key = self.pool.take(key_name)
         if self.pool.enabled:
-            metrics.dek_pool(pooled is not None)
-        if pooled is not None:
-            return pooled
-        state.account.vault_calls += 1
-        try:
-            return await self._vault(self.transit.new_data_key, key_name)
-        except VaultUnavailable as e:
-            log.warning("cloudtaser: no data key for %s: %s", state.where, e)
-            raise service_unavailable(
-                "The key service is unavailable; nothing was stored. Please retry."
-            ) from None
+            metrics.dek_pool(data_key is not None)
+        if data_key is None:
+            state.account.vault_calls += 1
+            try:
+                data_key = await self._vault(self.transit.new_data_key, key_name)
+            except VaultUnavailable as e:
+                log.warning("cloudtaser: no data key for %s: %s", state.where, e)
+                raise service_unavailable(
+                    "The key service is unavailable; nothing was stored. Please retry."
+                ) from None
+        # Read-after-write is the common case: the first GET of a new object (or the parts of
+        # a new upload) then needs no Transit decrypt. Same lifetime rules as an unwrapped DEK.
+        self.deks.put(key_name, data_key.wrapped, data_key.plaintext)
+        return data_key
 
     async def _unwrap(self, wrapped: str, key_name: str, state: FlowState) -> bytes:
         """The plaintext DEK for a wrapped one, from the cache or one Transit round trip."""

@@ -352,15 +352,9 @@ ATTACKS = [
     replace(MISMATCH, build=presigned_url_used_with_another_method),
 ]
 
-# What the proxy answers differently from AWS S3: kept as strict xfails until fixed.
-FINDINGS = {
-    presigned_for_another_region: (
-        "a presigned URL for another region gets AuthorizationHeaderMalformed ('The "
-        "authorization header is malformed; ...'); AWS S3 answers "
-        "AuthorizationQueryParametersError ('Error parsing the X-Amz-Credential parameter; the "
-        "region ... is wrong; expecting ...'), 400 both"
-    ),
-}
+# What the proxy answers differently from AWS S3: kept as strict xfails until fixed. (A presigned
+# URL for another region got AuthorizationHeaderMalformed until issue 7 fixed it.)
+FINDINGS: dict = {}
 
 
 def _cases() -> list:

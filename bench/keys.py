@@ -3,9 +3,9 @@
 Starts OpenBao dev and SeaweedFS once (bench.py's ``start_stack``), then three proxies in front
 of them that differ only in their key settings:
 
-    A  no cache, no pool   CLOUDTASER_S3PROXY_DEK_CACHE_SIZE=0
-    B  defaults            DEK cache on (1024 keys, 5 min), pool off
-    C  cache + pool        CLOUDTASER_S3PROXY_DEK_POOL_SIZE=32 (cache on as in B)
+    A  no cache, no pool   CLOUDTASER_S3PROXY_DEK_CACHE_SIZE=0, _DEK_POOL_SIZE=0
+    B  cache, no pool      DEK cache on (1024 keys, 5 min), CLOUDTASER_S3PROXY_DEK_POOL_SIZE=0
+    C  defaults            cache on as in B, pool of 32 pre-wrapped DEKs
 
 and the backend itself ("direct") as the baseline. Each round does, for every target in a
 rotating order (A B C D, B C D A, ...), ``--ops`` PUTs of new 4 KiB objects, then ``--ops`` GETs
@@ -66,9 +66,13 @@ PHASES = ("put", "get")
 
 # name, description, environment on top of the test suite's defaults (None: the backend itself)
 TARGETS: tuple[tuple[str, str, dict[str, str] | None], ...] = (
-    ("A", "no cache, no pool", {"CLOUDTASER_S3PROXY_DEK_CACHE_SIZE": "0"}),
-    ("B", "defaults", {}),
-    ("C", "cache + pool", {"CLOUDTASER_S3PROXY_DEK_POOL_SIZE": str(POOL_SIZE)}),
+    (
+        "A",
+        "no cache, no pool",
+        {"CLOUDTASER_S3PROXY_DEK_CACHE_SIZE": "0", "CLOUDTASER_S3PROXY_DEK_POOL_SIZE": "0"},
+    ),
+    ("B", "cache, no pool", {"CLOUDTASER_S3PROXY_DEK_POOL_SIZE": "0"}),
+    ("C", "defaults: cache + pool", {"CLOUDTASER_S3PROXY_DEK_POOL_SIZE": str(POOL_SIZE)}),
     ("D", "direct", None),
 )
 

@@ -97,7 +97,7 @@ class Settings:
     dek_cache_size: int = 1024  # unwrapped DEKs kept for reads; 0 turns the cache off
     dek_cache_ttl: float = 300.0  # seconds a cached DEK lives after it was unwrapped
     # Pre-wrapped DEKs ready for new objects (keycache.DataKeyPool); 0 (the default) = off.
-    dek_pool_size: int = 0
+    dek_pool_size: int = 32
     dek_pool_max_age: float = 30.0  # seconds a pooled DEK may wait (bounds rotation lag)
     log_format: str = "text"
     shutdown_grace: float = 25.0  # seconds in-flight requests get after SIGTERM
@@ -418,7 +418,7 @@ def from_env(env: Mapping[str, str]) -> Settings:
         ),
         dek_pool_size=parse_count(
             "CLOUDTASER_S3PROXY_DEK_POOL_SIZE",
-            _get(env, "CLOUDTASER_S3PROXY_DEK_POOL_SIZE") or "0",
+            _get(env, "CLOUDTASER_S3PROXY_DEK_POOL_SIZE") or "32",
             1000,
         ),
         dek_pool_max_age=parse_duration(

@@ -183,7 +183,14 @@ def test_a_body_that_claims_aws_chunked_but_is_not_is_refused_never_stored(
 def vault_behind_fault(proxy_factory, seaweedfs, openbao):
     vault = urlsplit(openbao.addr)
     fault = FaultProxy(vault.hostname, vault.port)
-    proxy = proxy_factory(seaweedfs, VAULT_ADDR=fault.url)
+    # No DEK cache and no pool: every request needs Vault, so an outage refuses them all at
+    # once (tests/integration/test_vault_lifecycle.py covers what the caches keep working).
+    proxy = proxy_factory(
+        seaweedfs,
+        VAULT_ADDR=fault.url,
+        CLOUDTASER_S3PROXY_DEK_CACHE_SIZE="0",
+        CLOUDTASER_S3PROXY_DEK_POOL_SIZE="0",
+    )
     yield proxy, fault
     fault.stop()
 

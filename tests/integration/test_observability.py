@@ -14,6 +14,11 @@ from conftest import no_retry_client
 from prometheus_client.parser import text_string_to_metric_families
 
 SECRET_KEY_NAME = "customers/jane-doe/passport.pdf"
+# Without the DEK pool and cache every PUT and GET makes its own Vault call: exact counts.
+EVERY_REQUEST_ASKS_VAULT = {
+    "CLOUDTASER_S3PROXY_DEK_POOL_SIZE": "0",
+    "CLOUDTASER_S3PROXY_DEK_CACHE_SIZE": "0",
+}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +51,7 @@ def exercise(proxy, backend, bucket) -> bytes:
 
 
 def test_metrics_count_requests_bytes_vault_calls_and_refusals(proxy_factory, seaweedfs, bucket):
-    proxy = proxy_factory(seaweedfs)
+    proxy = proxy_factory(seaweedfs, **EVERY_REQUEST_ASKS_VAULT)
     body = exercise(proxy, seaweedfs, bucket)
     text, m = scrape(proxy)
     assert m[("cloudtaser_requests_total", (("operation", "PutObject"), ("outcome", "ok")))] == 1
@@ -68,7 +73,7 @@ def test_metrics_count_requests_bytes_vault_calls_and_refusals(proxy_factory, se
 
 
 def test_one_log_line_per_request_without_keys_or_secrets(proxy_factory, seaweedfs, bucket):
-    proxy = proxy_factory(seaweedfs)
+    proxy = proxy_factory(seaweedfs, **EVERY_REQUEST_ASKS_VAULT)
     exercise(proxy, seaweedfs, bucket)
     log = proxy.log_tail(400)
     lines = [ln for ln in log.splitlines() if "PutObject bucket=" in ln]
@@ -82,7 +87,9 @@ def test_one_log_line_per_request_without_keys_or_secrets(proxy_factory, seaweed
 
 
 def test_json_logs_are_one_object_per_line(proxy_factory, seaweedfs, bucket):
-    proxy = proxy_factory(seaweedfs, CLOUDTASER_S3PROXY_LOG_FORMAT="json")
+    proxy = proxy_factory(
+        seaweedfs, CLOUDTASER_S3PROXY_LOG_FORMAT="json", **EVERY_REQUEST_ASKS_VAULT
+    )
     exercise(proxy, seaweedfs, bucket)
     records = []
     for line in proxy.log_tail(400).splitlines():

@@ -159,7 +159,7 @@ def test_a_renewable_vault_token_is_renewed_past_its_ttl(openbao, seaweedfs, buc
 
 
 def test_an_outage_keeps_cached_reads_refuses_writes_and_heals_itself(
-    proxy_factory, vault_fault, seaweedfs, bucket
+    proxy_factory, proxy_seaweedfs, vault_fault, seaweedfs, bucket
 ):
     fault = vault_fault
     proxy = proxy_factory(
@@ -167,11 +167,15 @@ def test_an_outage_keeps_cached_reads_refuses_writes_and_heals_itself(
         VAULT_ADDR=fault.url,
         CLOUDTASER_S3PROXY_VAULT_TIMEOUT="1s",
         CLOUDTASER_S3PROXY_VAULT_RETRIES="1",
+        CLOUDTASER_S3PROXY_DEK_POOL_SIZE="0",  # the pool's own outage test is the next one
     )
     s3 = no_retry_client(proxy, seaweedfs)
     s3.put_object(Bucket=bucket, Key="outage/read-before", Body=b"cached")
     assert s3.get_object(Bucket=bucket, Key="outage/read-before")["Body"].read() == b"cached"
-    s3.put_object(Bucket=bucket, Key="outage/never-read", Body=b"not cached")
+    # Written by another replica: this proxy has never seen its DEK.
+    no_retry_client(proxy_seaweedfs, seaweedfs).put_object(
+        Bucket=bucket, Key="outage/never-read", Body=b"not cached"
+    )
     wait_for(lambda: http_status(proxy.readyz) == 200, 10, "ready")
 
     fault.refuse()
@@ -237,7 +241,10 @@ def test_after_rotation_new_objects_use_the_new_version_and_old_ones_still_read(
     proxy_factory, openbao, seaweedfs, bucket, transit_key
 ):
     proxy = proxy_factory(
-        seaweedfs, VAULT_TOKEN=openbao.root_token, CLOUDTASER_S3PROXY_TRANSIT_KEY=transit_key
+        seaweedfs,
+        VAULT_TOKEN=openbao.root_token,
+        CLOUDTASER_S3PROXY_TRANSIT_KEY=transit_key,
+        CLOUDTASER_S3PROXY_DEK_POOL_SIZE="0",  # at once; with the pool, the next test
     )
     s3 = no_retry_client(proxy, seaweedfs)
     s3.put_object(Bucket=bucket, Key="rotation/old", Body=b"v1 object")

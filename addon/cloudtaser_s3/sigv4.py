@@ -19,6 +19,7 @@ computed signature.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -26,10 +27,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from urllib.parse import quote, unquote_to_bytes, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, unquote_to_bytes, urlsplit
 
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from cloudtaser_s3.s3errors import S3Error
@@ -70,7 +69,7 @@ PRESIGN_QUERY_PARAMS = frozenset(
 #: Headers that resign() replaces: callers drop every copy of these before applying its result.
 RESIGN_HEADERS = ("Authorization", "X-Amz-Date", "X-Amz-Content-SHA256", "X-Amz-Security-Token")
 
-# Headers resign() lets botocore sign besides host and x-amz-*: they change what S3 does and no
+# Headers resign() signs besides host and x-amz-*: they change what S3 does and no
 # proxy rewrites them. Hop-by-hop and transport headers (connection, expect, transfer-encoding,
 # content-length, user-agent, via, ...) stay unsigned so mitmproxy may adjust them.
 _RESIGNED_STANDARD_HEADERS = frozenset(
@@ -220,8 +219,12 @@ def _header_value(values: Sequence[str]) -> str:
     return ",".join(_WHITESPACE_RUN.sub(" ", value).strip(" ") for value in values)
 
 
+@functools.lru_cache(maxsize=256)
 def signing_key(secret_key: str, scope_date: str, region: str, service: str = SERVICE) -> bytes:
-    """kSigning = HMAC chain over date, region, service and aws4_request, seeded by the secret."""
+    """kSigning = HMAC chain over date, region, service and aws4_request, seeded by the secret.
+
+    Cached: four HMACs per request otherwise, and a key serves every request of its day; the
+    cache holds nothing a process memory dump would not already show (the secrets)."""
     key = ("AWS4" + secret_key).encode("utf-8")
     for part in (scope_date, region, service, TERMINAL):
         key = hmac.new(key, part.encode("utf-8"), hashlib.sha256).digest()
@@ -286,13 +289,21 @@ def _parse_signed_headers(text: str, malformed: Callable[[str], S3Error]) -> tup
 def _parse_amz_date(text: str) -> datetime | None:
     if not _AMZ_DATE.fullmatch(text):
         return None
-    try:
-        when = datetime.strptime(text, AMZ_DATE_FORMAT).replace(tzinfo=UTC)
+    year = int(text[0:4])
+    if year > 9000:  # no request is signed then; date arithmetic near 9999 overflows
+        return None
+    try:  # the fields by position: strptime costs more than the rest of verify() together
+        return datetime(
+            year,
+            int(text[4:6]),
+            int(text[6:8]),
+            int(text[9:11]),
+            int(text[11:13]),
+            int(text[13:15]),
+            tzinfo=UTC,
+        )
     except ValueError:
         return None
-    if when.year > 9000:  # no request is signed then; date arithmetic near 9999 overflows
-        return None
-    return when
 
 
 def _header_malformed(detail: str) -> S3Error:
@@ -528,31 +539,6 @@ def verify(
 # --------------------------------------------------------------------------- re-signing
 
 
-class _ProxySigV4Auth(S3SigV4Auth):
-    """botocore's S3 signer with the payload hash and the signing time chosen by the caller.
-
-    S3SigV4Auth would hash the body or pick UNSIGNED-PAYLOAD from the request context; the
-    proxy already knows what it will send, so payload() returns exactly that. add_auth() is
-    SigV4Auth.add_auth() with a fixed timestamp instead of the clock.
-    """
-
-    def __init__(self, credentials: object, region: str, payload_hash: str, timestamp: str) -> None:
-        super().__init__(credentials, SERVICE, region)
-        self._payload_hash = payload_hash
-        self._timestamp = timestamp
-
-    def payload(self, request: AWSRequest) -> str:
-        return self._payload_hash
-
-    def add_auth(self, request: AWSRequest) -> None:
-        request.context["timestamp"] = self._timestamp
-        self._modify_request_before_signing(request)
-        canonical_request = self.canonical_request(request)
-        string_to_sign = self.string_to_sign(request, canonical_request)
-        signature = self.signature(string_to_sign, request)
-        self._inject_signature_to_request(request, signature)
-
-
 def _header_items(headers: Sequence[tuple[str, str]] | Mapping[str, str]) -> list[tuple[str, str]]:
     if isinstance(headers, Mapping):
         return list(headers.items())
@@ -592,24 +578,54 @@ def resign(
         for name, _ in query_pairs(parts.query)
     ):
         raise ValueError("the upstream URL still carries query authentication parameters")
-    signed_url = urlunsplit(
-        (parts.scheme, parts.netloc, canonical_uri(parts.path), canonical_query(parts.query), "")
-    )
-    request = AWSRequest(method=method.upper(), url=signed_url)
-    for name, value in _header_items(headers):
-        if _resigned(name):
-            request.headers[name] = value  # HTTPHeaders keeps repeats; SigV4 joins them
     when = now if now is not None else datetime.now(UTC)
     when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    amz_date = when.strftime(AMZ_DATE_FORMAT)
     frozen = credentials.get_frozen_credentials()  # one consistent key/secret/token triple
-    signer = _ProxySigV4Auth(frozen, region, payload_hash, when.strftime(AMZ_DATE_FORMAT))
-    signer.add_auth(request)
 
+    signed: dict[str, list[str]] = {}
+    for name, value in _header_items(headers):
+        if _resigned(name):
+            signed.setdefault(name.lower(), []).append(value)  # repeats are joined with ","
+    signed["host"] = [_signed_host(parts)]
+    signed["x-amz-content-sha256"] = [payload_hash]
+    signed["x-amz-date"] = [amz_date]
+    if frozen.token:
+        signed["x-amz-security-token"] = [frozen.token]
+    names = sorted(signed)
+    canonical_request = "\n".join(
+        (
+            method.upper(),
+            canonical_uri(parts.path),
+            canonical_query(parts.query),
+            "".join(f"{name}:{_header_value(signed[name])}\n" for name in names),
+            ";".join(names),
+            payload_hash,
+        )
+    )
+    scope = f"{amz_date[:8]}/{region}/{SERVICE}/{TERMINAL}"
+    key = signing_key(frozen.secret_key, amz_date[:8], region)
+    signature = _sign(key, string_to_sign(amz_date, scope, canonical_request))
     result = {
-        "Authorization": request.headers["Authorization"],
-        "X-Amz-Date": request.headers["X-Amz-Date"],
-        "X-Amz-Content-SHA256": request.headers["X-Amz-Content-SHA256"],
+        "Authorization": (
+            f"{ALGORITHM} Credential={frozen.access_key}/{scope}, "
+            f"SignedHeaders={';'.join(names)}, Signature={signature}"
+        ),
+        "X-Amz-Date": amz_date,
+        "X-Amz-Content-SHA256": payload_hash,
     }
     if frozen.token:
         result["X-Amz-Security-Token"] = frozen.token
     return result
+
+
+def _signed_host(parts: SplitResult) -> str:
+    """The Host a request to this URL carries: lower-case, the port only when not the default
+    for the scheme, IPv6 literals in brackets (as botocore and every SDK send it)."""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port
+    if port is not None and port != {"http": 80, "https": 443}.get(parts.scheme):
+        host = f"{host}:{port}"
+    return host

@@ -12,7 +12,8 @@ What it never holds:
 Free-text log messages are written by people and can slip; ``scrub`` is the net under them: it
 replaces anything shaped like a Vault token, a Transit-wrapped key, a SigV4 signature or
 session token, or a 256-bit key in base64, and every handler ``configure_logging`` touches runs
-it, in both output forms. It is a net, not the guarantee: code must not log such values.
+it, in both output forms (request lines excepted: they are built from fields that cannot hold
+a secret). It is a net, not the guarantee: code must not log such values.
 
 How this fits mitmdump's logging (mitmproxy 12, ``mitmproxy/log.py``, ``addons/termlog.py``):
 mitmdump attaches its handlers to the *root* logger — ``TermLogHandler`` prints each record on
@@ -213,6 +214,13 @@ def log_request(record: RequestRecord, logger: logging.Logger | None = None) -> 
 # ------------------------------------------------------------------ formatters
 
 
+def _is_request_line(record: logging.LogRecord) -> bool:
+    """A line from ``log_request``: built from a RequestRecord, whose fields cannot hold a
+    secret, so it skips the scrubber (six regexes per line, on every request)."""
+    request = getattr(record, REQUEST_ATTR, None)
+    return record.exc_info is None and isinstance(request, RequestRecord)
+
+
 class JsonFormatter(logging.Formatter):
     """Every record as one JSON object: ``ts``, ``level``, ``logger``, ``message`` (scrubbed),
     plus ``exception`` (scrubbed) and ``client`` (IP only) when present; a request record
@@ -223,13 +231,14 @@ class JsonFormatter(logging.Formatter):
             "ts": _iso(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": scrub(record.getMessage()),
+            "message": record.getMessage(),
         }
-        request = getattr(record, REQUEST_ATTR, None)
-        if isinstance(request, RequestRecord):
-            fields.update(record_fields(request))
-        elif (client := client_ip(getattr(record, "client", None))) is not None:
-            fields["client"] = client  # mitmproxy's connection records carry (host, port)
+        if _is_request_line(record):
+            fields.update(record_fields(getattr(record, REQUEST_ATTR)))
+        else:
+            fields["message"] = scrub(record.getMessage())
+            if (client := client_ip(getattr(record, "client", None))) is not None:
+                fields["client"] = client  # mitmproxy's connection records carry (host, port)
         if record.exc_info:
             fields["exception"] = scrub(self.formatException(record.exc_info))
         if record.stack_info:
@@ -246,6 +255,8 @@ class ScrubbingFormatter(logging.Formatter):
         self.inner = inner or logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
+        if _is_request_line(record):
+            return self.inner.format(record)
         text = record.getMessage()
         if record.exc_info:
             text = f"{text}\n{self.inner.formatException(record.exc_info)}"
@@ -260,6 +271,19 @@ class ScrubbingFormatter(logging.Formatter):
 
 
 # ------------------------------------------------------------------ wiring
+
+
+class _DropStreamingNotes(logging.Filter):
+    """mitmproxy notes "Streaming request to <host>." for every streamed body, which here is
+    every object request: a second line per request that says less than the request line."""
+
+    NOTES = ("Streaming request to ", "Streaming response from ")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith(self.NOTES))
+
+
+_STREAMING_NOTES = _DropStreamingNotes()
 
 
 class _OwnHandler(logging.StreamHandler):
@@ -294,6 +318,7 @@ def configure_logging(json_output: bool, level: int | str = logging.INFO) -> Non
         for h in [h for h in logger.handlers if isinstance(h, _OwnHandler)]:
             logger.removeHandler(h)
             h.close()
+    logging.getLogger("mitmproxy.proxy.server").addFilter(_STREAMING_NOTES)  # idempotent
     terminals = _terminal_handlers()
     for h in terminals:
         if h not in _original_formatters:

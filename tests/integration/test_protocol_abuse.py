@@ -13,9 +13,11 @@ Requests are signed with botocore's SigV4Auth and framed by hand on raw sockets 
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import ssl
+import string
 import threading
 import time
 import uuid
@@ -89,11 +91,6 @@ def assert_sealed(stack: Stack, key: str, plaintext: bytes) -> None:
 
 def assert_absent(stack: Stack, key: str) -> None:
     assert at_store(stack, key) is None, f"{key} reached the store"
-
-
-def assert_sealed_or_absent(stack: Stack, key: str, plaintext: bytes) -> None:
-    if at_store(stack, key) is not None:
-        assert_sealed(stack, key, plaintext)
 
 
 def assert_still_serving(stack: Stack) -> None:
@@ -427,6 +424,7 @@ def test_a_100_kib_header_is_refused_or_the_object_is_stored_sealed(
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="mitmproxy reads request heads without a size limit (FIXME in "
     "proxy/layers/http/_http1.py Http1Server.read_headers): one connection holds as many MiB "
     "as it sends (256 MiB measured), with nothing the addon can hook before the head ends",
@@ -658,6 +656,7 @@ def over_tls(
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="HTTP/2 clients send Host as :authority only; sigv4.verify gets flow.request.headers "
     "without it, so every correctly signed HTTP/2 request is refused SignatureDoesNotMatch "
     "(the AWS SDK for Go v2 forces HTTP/2 attempts on TLS)",
@@ -674,7 +673,7 @@ def test_an_http2_client_that_signs_its_authority_round_trips_over_tls(
     protocol, status, answer = over_tls(stack, context, "PUT", path, body)
     assert status == 200, (protocol, status, answer[:300])
     protocol, status, answer = over_tls(stack, context, "GET", path)
-    assert (protocol, status, answer == body) == (protocol, 200, True)
+    assert (status, answer == body) == (200, True), protocol
     assert_sealed(stack, path.rsplit("/", 1)[1], body)
 
 
@@ -704,7 +703,7 @@ def test_http2_bodies_that_disagree_with_their_length_store_nothing(
         headers = s.h2_headers(
             "PUT", path, payload_hash="UNSIGNED-PAYLOAD", content_length=declared
         )
-        headers.append(("host", headers[2][1]))
+        headers.append(("host", dict(headers)[":authority"]))
         answers, gone = h2_exchange(c.sock, [(headers, body)])
     answer = answers[0]
     if declared is None:
@@ -772,35 +771,50 @@ def flood(stack: Stack, wire: bytes, out: dict) -> None:
         out["error"] = e
 
 
-def many_headers(count: int) -> Headers:
-    return [(f"X-Filler-{i}", "v") for i in range(count)]
+def many_headers(count: int) -> bytes:
+    """``count`` header lines with distinct three-letter names and empty values: 10,000 fit in
+    60 KB, less than a 64 KiB limit on request heads would refuse."""
+    names = ("".join(t) for t in itertools.product(string.ascii_lowercase, repeat=3))
+    return b"".join(f"{name}:\r\n".encode() for name in itertools.islice(names, count))
+
+
+def with_headers(head: bytes, lines: bytes) -> bytes:
+    """A request head (ending in an empty line) with ``lines`` added before that end."""
+    assert head.endswith(b"\r\n\r\n")
+    return head[:-2] + lines + b"\r\n"
 
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="refusal.RefusalResponder.route empties the headers with Headers.clear(), which "
-    "is quadratic in their number: 8,000 headers on an unsigned PUT (~120 KB) hold the event "
-    "loop ~20 s, 20,000 ~4 min, before any authentication",
+    "is quadratic in their number (each popitem rebuilds the list): 8,000 headers on an "
+    "unsigned PUT hold the event loop ~20 s, 20,000 ~4 min, before any authentication",
 )
 def test_thousands_of_headers_on_an_unsigned_request_do_not_stall_other_clients(
     own_proxy: Stack,
 ) -> None:
     stack = own_proxy
     body = b"x" * 100
-    head = [("Host", signer(stack).endpoint.removeprefix("http://")), ("Content-Length", "100")]
-    wire = request_head("PUT", f"/{stack.bucket}/flood", [*head, *many_headers(8000)]) + body
+    host = signer(stack).endpoint.removeprefix("http://")
+    head = request_head(
+        "PUT", f"/{stack.bucket}/flood", [("Host", host), ("Content-Length", "100")]
+    )
+    wire = with_headers(head, many_headers(10_000)) + body
     out: dict = {}
     sender = threading.Thread(target=flood, args=(stack, wire, out), daemon=True)
     sender.start()
     time.sleep(0.5)
     assert probe_within(stack, 5), "another client waited behind the header flood"
     sender.join(30)
-    assert out.get("reply") is not None and out["reply"].s3_code == "AccessDenied", out
+    assert "error" not in out and out.get("reply") is not None, out
+    assert_clean_refusal(out["reply"])
     assert_absent(stack, "flood")
 
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="checksums._lowered looks every header up by name in mitmproxy's Headers (a linear "
     "scan each): 6,000 headers on a signed PUT hold the event loop ~17 s",
 )
@@ -810,14 +824,19 @@ def test_thousands_of_headers_on_a_signed_request_do_not_stall_other_clients(
     stack = own_proxy
     s = signer(stack)
     body = os.urandom(100)
-    headers = s.headers("PUT", f"/{stack.bucket}/flood", body=body, content_length=len(body))
-    wire = request_head("PUT", f"/{stack.bucket}/flood", [*headers, *many_headers(6000)]) + body
+    head = request_head(
+        "PUT",
+        f"/{stack.bucket}/flood",
+        s.headers("PUT", f"/{stack.bucket}/flood", body=body, content_length=len(body)),
+    )
+    wire = with_headers(head, many_headers(10_000)) + body
     out: dict = {}
     sender = threading.Thread(target=flood, args=(stack, wire, out), daemon=True)
     sender.start()
     time.sleep(0.5)
     assert probe_within(stack, 5), "another client waited behind the header flood"
     sender.join(30)
+    assert "error" not in out, out
     reply = out.get("reply")
     if reply is not None and reply.status == 200:
         assert_sealed(stack, "flood", body)
@@ -828,6 +847,7 @@ def test_thousands_of_headers_on_a_signed_request_do_not_stall_other_clients(
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="mitmproxy logs an unfinished request head whole ('Client closed connection before "
     "completing request headers: <repr>'), and the addon's ScrubbingFormatter runs six "
     "regexes over it on the event loop: ~2 s per MiB, and every byte lands in the log",

@@ -18,9 +18,11 @@ It forwards byte for byte on 127.0.0.1 until told otherwise:
 
 Each ``*_after`` fault fires once, on the first connection to cross the count. Counters: ``cuts``,
 ``stalls`` (connections stalled by a ``*_after`` fault), ``answered`` (HTTP errors sent),
-``abandoned`` (stalled connections the client side closed: the proxy gave up on them),
+``abandoned`` (stalled connections the client side closed: the proxy gave up on them; a client
+that closes with bytes still unsent is not seen, as its FIN waits behind them),
 ``upstream_bytes`` / ``downstream_bytes`` (forwarded so far). ``requests`` lists the request
 lines ("GET /bucket/key HTTP/1.1") it has seen towards the server, to count round trips.
+``clear_counts()`` zeroes all of them.
 """
 
 from __future__ import annotations
@@ -68,13 +70,7 @@ class FaultProxy:
         self._http: _HttpFault | None = None
         self._conns: set[_Conn] = set()
         self._stopped = False
-        self.cuts = 0
-        self.stalls = 0
-        self.answered = 0
-        self.abandoned = 0
-        self.upstream_bytes = 0
-        self.downstream_bytes = 0
-        self.requests: list[str] = []
+        self.clear_counts()
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
         self._thread.start()
 
@@ -105,6 +101,13 @@ class FaultProxy:
             stalled = [c for c in self._conns if c.stalled]
         for conn in stalled:
             self._close(conn)
+
+    def clear_counts(self) -> None:
+        """Zero the counters and forget the requests seen (one forwarder, many tests)."""
+        with self._lock:
+            self.cuts = self.stalls = self.answered = self.abandoned = 0
+            self.upstream_bytes = self.downstream_bytes = 0
+            self.requests: list[str] = []
 
     def cut_upstream_after(self, nbytes: int) -> None:
         self._arm("up", _CUT, nbytes)

@@ -350,6 +350,7 @@ class SoakResult:
                 "peak": self.rss.peak_kib,
                 "end": self.rss.end_kib,
                 "slope_mib_per_min": round(self.rss.slope_mib_per_min(), 3),
+                "samples": [(round(t, 1), kib) for t, kib in self.rss.samples],
             },
             "checks": [{"check": n, "passed": ok, "detail": d} for n, ok, d in self.checks()],
         }
@@ -943,8 +944,9 @@ def run_soak(
         t.start()
     try:
         while any(t.is_alive() for t in threads):
+            tick = time.monotonic() + 10
             for t in threads:
-                t.join(timeout=10)
+                t.join(timeout=max(0.0, tick - time.monotonic()))
             if progress:
                 ops = sum(sum(w.stats.ops.values()) for w in workers)
                 errs = sum(sum(w.stats.errors.values()) for w in workers)

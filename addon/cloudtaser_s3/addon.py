@@ -35,6 +35,7 @@ from . import (
     copying,
     envelope,
     etags,
+    headlimit,
     metrics,
     ranges,
     requestlog,
@@ -77,6 +78,9 @@ from .transit import DataKey, Transit, VaultUnavailable, WrappedKeyInvalid
 from .upstream import Head, Store
 
 log = logging.getLogger("cloudtaser")
+
+headlimit.install()
+
 ACCOUNT = "cloudtaser-account"
 _COUNT = re.compile(r"[0-9]{1,20}")  # a size as stores write it (str.isdigit() takes "²")
 T = TypeVar("T")
@@ -106,6 +110,11 @@ _FORBIDDEN_OPTIONS = {
     "modify_headers": "it rewrites headers the proxy has set or checked",
     "server_replay": "it answers with recorded responses",
     "client_replay": "it sends recorded requests",
+}
+# mitmproxy options that must stay on (their default).
+_REQUIRED_OPTIONS = {
+    "validate_inbound_headers": "without it, ambiguous framing and malformed header names "
+    "reach the store verbatim",
 }
 _PRESIGN_PARAMS = {
     "x-amz-algorithm",
@@ -200,6 +209,14 @@ def _rejected(flow: http.HTTPFlow, error: S3Error) -> None:
 
 def _drop_everything(_data: bytes) -> list[bytes]:
     return []
+
+
+def _signed_headers(req: http.Request) -> list[tuple[str, str]]:
+    """The headers as the client signed them: HTTP/2 carries Host as :authority."""
+    headers = list(req.headers.items(multi=True))
+    if req.is_http2 and "host" not in req.headers and req.authority:
+        headers.append(("host", req.authority))
+    return headers
 
 
 def _has_body(req: http.Request) -> bool:
@@ -305,6 +322,9 @@ class CloudTaser:
         for name, why in _FORBIDDEN_OPTIONS.items():
             if getattr(ctx.options, name, None):
                 raise config.ConfigError(f"mitmproxy option {name}", f"must stay unset: {why}")
+        for name, why in _REQUIRED_OPTIONS.items():
+            if not getattr(ctx.options, name, True):
+                raise config.ConfigError(f"mitmproxy option {name}", f"must stay on: {why}")
         if self.identities is None:
             self.identities = Identities(settings)
         if self.transit is None:
@@ -555,7 +575,7 @@ class CloudTaser:
                     req.method,
                     signed_path,
                     raw_query,
-                    list(req.headers.items(multi=True)),
+                    _signed_headers(req),
                     self.identities.secret_for,
                     datetime.now(UTC),
                 )
@@ -584,8 +604,10 @@ class CloudTaser:
             if name in req.headers:
                 req.headers[name] = etags.list_to_store(req.headers[name])
         # The proxy's own metadata is never taken from a client.
-        for name in [n for n in req.headers if n.lower().startswith(envelope.META_PREFIX)]:
-            del req.headers[name]
+        prefix = envelope.META_PREFIX.encode()
+        req.headers.fields = tuple(
+            f for f in req.headers.fields if not f[0].lower().startswith(prefix)
+        )
 
         payload_hash = req.headers.get("x-amz-content-sha256", UNSIGNED_PAYLOAD)
         state.chunked = payload_hash.startswith("STREAMING-") or "aws-chunked" in req.headers.get(

@@ -203,7 +203,11 @@ def _b64(value: str, size: int) -> bytes | None:
 
 def _lowered(headers: Mapping[str, str]) -> dict[str, str]:
     """Lower-case names, stripped values; works for plain dicts as well as mitmproxy Headers."""
-    return {name.lower(): headers[name].strip(_STRIP) for name in headers}
+    grouped: dict[str, list[str]] = {}
+    pairs = headers.items(multi=True) if hasattr(headers, "fields") else headers.items()
+    for name, value in pairs:  # one pass: headers[name] would scan every header again
+        grouped.setdefault(name.lower(), []).append(value)
+    return {name: ", ".join(values).strip(_STRIP) for name, values in grouped.items()}
 
 
 class _Check(NamedTuple):

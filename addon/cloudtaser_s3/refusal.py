@@ -51,7 +51,7 @@ class RefusalResponder:
         self._pending[token] = raw_error_response(error, resource)
         req = flow.request
         # Nothing of the client's request is forwarded anywhere but to this local responder.
-        req.headers.clear()
+        req.headers.fields = ()  # Headers.clear() pops one name at a time: quadratic
         req.headers[TOKEN_HEADER] = token
         req.headers["content-length"] = "0"
         req.scheme, req.host, req.port = "http", "127.0.0.1", self.port

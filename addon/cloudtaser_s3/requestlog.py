@@ -111,10 +111,19 @@ _SCRUBBERS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+MAX_MESSAGE = 16384  # longer log messages (mitmproxy quotes whole request heads) are clipped
+
+
 def scrub(text: str) -> str:
-    """``text`` with everything that looks like a token, wrapped key or signature redacted."""
+    """``text`` with everything that looks like a token, wrapped key or signature redacted;
+    clipped to MAX_MESSAGE characters. A little more than that is scrubbed first, so nothing
+    cut at the edge escapes the patterns."""
+    extra = len(text) - MAX_MESSAGE
+    text = text[: MAX_MESSAGE + 1024]
     for pattern, replacement in _SCRUBBERS:
         text = pattern.sub(replacement, text)
+    if extra > 0:
+        text = f"{text[:MAX_MESSAGE]}... [{extra} more characters]"
     return text
 
 

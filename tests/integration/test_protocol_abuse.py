@@ -243,14 +243,6 @@ def test_ambiguous_framing_never_stores_plaintext_nor_runs_the_smuggled_request(
     assert_still_serving(stack)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="validate_inbound_headers is not among addon._FORBIDDEN_OPTIONS: with it off, a "
-    "header named 'Transfer-Encoding ' goes to the store verbatim; moto's parser stops there, "
-    "so the x-amz-meta-cloudtaser-* after it are lost: 200 to the client, a sealed body "
-    "without its wrapped key at the store, the object unreadable for good",
-)
 def test_mitmproxys_header_validation_cannot_be_turned_off_to_lose_an_objects_key(
     openbao, openbao_token, moto_s3: S3Server, tmp_path: Path
 ) -> None:
@@ -470,13 +462,6 @@ def test_a_100_kib_header_is_refused_or_the_object_is_stored_sealed(
     assert_still_serving(stack)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="mitmproxy reads request heads without a size limit (FIXME in "
-    "proxy/layers/http/_http1.py Http1Server.read_headers): one connection holds as many MiB "
-    "as it sends (256 MiB measured), with nothing the addon can hook before the head ends",
-)
 def test_an_endless_header_section_is_cut_off(
     proxy_seaweedfs: ProxyProcess, seaweedfs: S3Server
 ) -> None:
@@ -702,13 +687,6 @@ def over_tls(
         return c.alpn, (reply.status if reply else None), (reply.body if reply else b"")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="HTTP/2 clients send Host as :authority only; sigv4.verify gets flow.request.headers "
-    "without it, so every correctly signed HTTP/2 request is refused SignatureDoesNotMatch "
-    "(the AWS SDK for Go v2 forces HTTP/2 attempts on TLS)",
-)
 def test_an_http2_client_that_signs_its_authority_round_trips_over_tls(
     tls_stack: tuple[Stack, ssl.SSLContext],
 ) -> None:
@@ -832,13 +810,6 @@ def with_headers(head: bytes, lines: bytes) -> bytes:
     return head[:-2] + lines + b"\r\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="refusal.RefusalResponder.route empties the headers with Headers.clear(), which "
-    "is quadratic in their number (each popitem rebuilds the list): 8,000 headers on an "
-    "unsigned PUT hold the event loop ~20 s, 20,000 ~4 min, before any authentication",
-)
 def test_thousands_of_headers_on_an_unsigned_request_do_not_stall_other_clients(
     own_proxy: Stack,
 ) -> None:
@@ -860,12 +831,6 @@ def test_thousands_of_headers_on_an_unsigned_request_do_not_stall_other_clients(
     assert_absent(stack, "flood")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="checksums._lowered looks every header up by name in mitmproxy's Headers (a linear "
-    "scan each): 6,000 headers on a signed PUT held the event loop ~17 s, 8,000 ~30 s",
-)
 def test_thousands_of_headers_on_a_signed_request_do_not_stall_other_clients(
     own_proxy: Stack,
 ) -> None:
@@ -893,13 +858,6 @@ def test_thousands_of_headers_on_a_signed_request_do_not_stall_other_clients(
         assert_absent(stack, "flood")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="mitmproxy logs an unfinished request head whole ('Client closed connection before "
-    "completing request headers: <repr>'), and the addon's ScrubbingFormatter runs six "
-    "regexes over it on the event loop: ~2 s per MiB, and every byte lands in the log",
-)
 def test_an_abandoned_header_section_does_not_stall_the_proxy_or_fill_its_log(
     own_proxy: Stack,
 ) -> None:

@@ -10,6 +10,10 @@ SeaweedFS or OpenBao: resets and stalls mid-request (towards the server) and mid
 mid-PutObject and mid-UploadPart. Outages by refused connections, a Vault that refuses the
 token, a reset mid-PUT body of a new key and mid-download are in test_fail_closed.py and
 test_vault_lifecycle.py; this file covers the rest.
+
+Three strict xfails pin what is not right yet: the proxy has no timeout of its own towards the
+store, a store stalled mid-body keeps its connection open in the proxy even after the client
+left, and after a store reset mid-upload the client connection is often left open.
 """
 
 from __future__ import annotations
@@ -237,7 +241,8 @@ def via_vault_fault(proxy_factory, seaweedfs: S3Server, vault: FaultProxy) -> Pr
 def test_a_reset_mid_body_while_overwriting_keeps_the_previous_version(
     via_store_fault, seaweedfs, store, ledger, bucket
 ):
-    s3 = no_retry_client(via_store_fault, seaweedfs)
+    # A short client timeout: the proxy may leave the connection open (the xfail below).
+    s3 = no_retry_client(via_store_fault, seaweedfs, read_timeout=5)
     ledger.put(s3, "reset/overwrite", os.urandom(MiB))
     store.cut_upstream_after(MiB)
     seen = failure(
@@ -250,7 +255,7 @@ def test_a_reset_mid_body_while_overwriting_keeps_the_previous_version(
 def test_a_reset_mid_upload_part_loses_only_that_part_and_the_upload_still_completes(
     via_store_fault, seaweedfs, store, ledger, bucket
 ):
-    s3 = no_retry_client(via_store_fault, seaweedfs)
+    s3 = no_retry_client(via_store_fault, seaweedfs, read_timeout=5)  # as above
     key, parts = "reset/multipart", [os.urandom(5 * MiB), os.urandom(5 * MiB), os.urandom(999)]
     upload_id = upload_id_of(s3, bucket, key)
     done = [part(s3, bucket, key, upload_id, 1, parts[0])]
@@ -300,6 +305,63 @@ def test_a_reset_in_the_middle_of_a_get_answers_head_is_an_error_not_an_empty_su
     seen = failure(lambda: s3.get_object(Bucket=bucket, Key="reset/get-headers")["Body"].read())
     assert store.cuts == 1, seen
     ledger.check()
+
+
+def put_and_read_until_closed(
+    proxy: ProxyProcess, backend: S3Server, path: str, body: bytes, timeout: float
+) -> tuple[bytes, bool]:
+    """A signed PUT of ``body`` sent from a thread while the answer is read: (the answer, whether
+    the proxy closed the connection within ``timeout`` s of its last byte)."""
+    conn = start_put(proxy, backend, path, {}, len(body))
+    sock = conn.sock
+    sock.settimeout(timeout)
+
+    def send() -> None:
+        with contextlib.suppress(OSError):
+            sock.sendall(body)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    answer, closed = bytearray(), False
+    try:
+        while chunk := sock.recv(65536):
+            answer += chunk
+        closed = True
+    except ConnectionResetError:
+        closed = True
+    except TimeoutError:
+        pass
+    finally:
+        conn.close()
+        sender.join(timeout)
+    return bytes(answer), closed
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding: after the store resets the connection mid-upload, the proxy (mitmproxy) "
+    "answers 502 but often never closes the client connection nor reads it again (its handler "
+    "is cancelled while waiting for the event lock, skipping writer.close()): a client still "
+    "sending its body blocks until its own timeout, and the socket stays open in the proxy. "
+    "Proposed: the error hook aborts the flow's connections",
+)
+def test_after_a_store_reset_mid_body_the_proxy_answers_and_closes_the_client_connection(
+    via_store_fault, seaweedfs, store, ledger, bucket
+):
+    """A race, about one reset in three here: tried up to 30 times, stopping at the first
+    connection left open."""
+    body = os.urandom(8 * MiB)
+    for attempt in range(30):  # noqa: B007 - reported below
+        store.cut_upstream_after(MiB)
+        answer, closed = put_and_read_until_closed(
+            via_store_fault, seaweedfs, f"/{bucket}/reset/closed", body, timeout=5
+        )
+        store.heal()
+        assert answer.startswith(b"HTTP/1.1 502 "), answer[:80]
+        if not closed:
+            break
+    ledger.check()
+    assert closed, f"attempt {attempt + 1}: the proxy answered 502 and left the connection open"
 
 
 # ------------------------------------------------------------------ the store stalls

@@ -50,7 +50,7 @@ from .checksums import PlaintextDigests, checksum_headers
 from .credentials import Identities, as_botocore
 from .envelope import ObjectKeyMaterial, PartSealer
 from .health import CachedCheck, HealthServer
-from .interrupt import INJECTED, close_both, fail_streamed_request
+from .interrupt import INJECTED, abort_leftovers, close_both, fail_streamed_request
 from .keycache import DataKeyPool, DekCache
 from .layout import Layout, LayoutCache
 from .refusal import RefusalResponder
@@ -359,6 +359,10 @@ class CloudTaser:
         self.settings = settings
         if list(ctx.options.mode) != [spec] or not ctx.options.keep_host_header:
             ctx.options.update(mode=[spec], keep_host_header=True)
+        # mitmproxy 12's inactivity timeout (11.0 has a fixed 10 minutes and no option).
+        idle = max(1, round(settings.upstream_timeout))
+        if "tcp_timeout" in ctx.options and ctx.options.tcp_timeout != idle:
+            ctx.options.update(tcp_timeout=idle)
 
     async def running(self) -> None:
         self._running = True
@@ -1592,6 +1596,7 @@ class CloudTaser:
         state: FlowState | None = flow.metadata.get(STATE)
         log.info("cloudtaser: %s failed: %s", _what(flow, state), flow.error)
         self._finish(flow, aborted=True)
+        abort_leftovers(flow)
 
     @staticmethod
     def _forget_keys(flow: http.HTTPFlow) -> None:

@@ -101,6 +101,9 @@ class Settings:
     dek_pool_max_age: float = 30.0  # seconds a pooled DEK may wait (bounds rotation lag)
     log_format: str = "text"
     shutdown_grace: float = 25.0  # seconds in-flight requests get after SIGTERM
+    # Seconds a connection may go without a byte moving either way (a stalled store, an idle
+    # client) before it is dropped: mitmproxy's tcp_timeout (boto3's read timeout is also 60 s).
+    upstream_timeout: float = 60.0
     tls_cert: str | None = None  # PEM chain the listener serves (with tls_key)
     tls_key: str | None = None
     upstream_ca_bundle: str | None = None  # PEM CAs that verify the S3 endpoint's certificate
@@ -396,6 +399,10 @@ def from_env(env: Mapping[str, str]) -> Settings:
         ),
         transit_key_map=parse_key_map(
             "CLOUDTASER_S3PROXY_TRANSIT_KEYS", _get(env, "CLOUDTASER_S3PROXY_TRANSIT_KEYS") or ""
+        ),
+        upstream_timeout=parse_duration(
+            "CLOUDTASER_S3PROXY_UPSTREAM_TIMEOUT",
+            _get(env, "CLOUDTASER_S3PROXY_UPSTREAM_TIMEOUT") or "60s",
         ),
         vault_timeout=parse_duration(
             "CLOUDTASER_S3PROXY_VAULT_TIMEOUT",

@@ -88,3 +88,26 @@ def close_both(flow: http.HTTPFlow) -> None:
 def _log_task_error(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("failed to deliver an error response: %r", task.exception())
+
+
+def abort_leftovers(flow: http.HTTPFlow, client_delay: float = 1.0) -> None:
+    """After a flow failed, make sure its connections really close.
+
+    mitmproxy closes them gracefully, which never completes for a store that stopped reading
+    (asyncio waits to flush the unsent bytes), and it skips the client's close altogether when
+    the client's handler is cancelled while it waits for the event lock (a store reset mid-upload
+    races with the body): the client, still sending, blocks until its own timeout. The store's
+    connection is reset now; an HTTP/1 client's a moment later, once mitmproxy's own answer (a
+    502) has gone out - a no-op if mitmproxy closed it meanwhile. HTTP/2 clients are left alone:
+    their connection carries other requests.
+    """
+    handler = _handler(flow)
+    if handler is None:
+        return
+    loop = asyncio.get_running_loop()
+    client = flow.client_conn if flow.request.http_version.startswith("HTTP/1") else None
+    for conn, delay in ((flow.server_conn, 0.0), (client, client_delay)):
+        io = handler.transports.get(conn) if conn is not None else None
+        transport = getattr(getattr(io, "writer", None), "transport", None)
+        if transport is not None:
+            loop.call_later(delay, transport.abort)

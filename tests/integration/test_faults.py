@@ -11,9 +11,11 @@ mid-PutObject and mid-UploadPart. Outages by refused connections, a Vault that r
 token, a reset mid-PUT body of a new key and mid-download are in test_fail_closed.py and
 test_vault_lifecycle.py; this file covers the rest.
 
-Three strict xfails pin what is not right yet: the proxy has no timeout of its own towards the
-store, a store stalled mid-body keeps its connection open in the proxy even after the client
-left, and after a store reset mid-upload the client connection is often left open.
+Three findings of this suite were fixed in the proxy (they were strict xfails): it had no
+timeout of its own towards the store (now CLOUDTASER_S3PROXY_UPSTREAM_TIMEOUT, mitmproxy's
+tcp_timeout), a store stalled mid-body kept its connection open in the proxy even after the
+client left, and after a store reset mid-upload the client connection was often left open (the
+error hook now aborts a failed flow's connections).
 """
 
 from __future__ import annotations
@@ -244,8 +246,7 @@ def ledger(proxy_seaweedfs: ProxyProcess, seaweedfs: S3Server, bucket: str) -> L
 
 @pytest.fixture(scope="module")
 def via_store_fault(proxy_factory, seaweedfs: S3Server, store: FaultProxy) -> ProxyProcess:
-    """A proxy whose store is behind the fault forwarder. (The upstream timeout is the one the
-    xfail below proposes; this release ignores the variable.)"""
+    """A proxy whose store is behind the fault forwarder, giving up on it after 2 s of silence."""
     return proxy_factory(seaweedfs, S3_ENDPOINT=store.url, CLOUDTASER_S3PROXY_UPSTREAM_TIMEOUT="2s")
 
 
@@ -261,7 +262,8 @@ def via_vault_fault(proxy_factory, seaweedfs: S3Server, vault: FaultProxy) -> Pr
 def test_a_reset_mid_body_while_overwriting_keeps_the_previous_version(
     via_store_fault, seaweedfs, store, ledger, bucket
 ):
-    # A short client timeout: the proxy may leave the connection open (the xfail below).
+    # A short client timeout, should the proxy ever leave the connection open again (the test
+    # after the next one checks that it does not).
     s3 = no_retry_client(via_store_fault, seaweedfs, read_timeout=5)
     ledger.put(s3, "reset/overwrite", os.urandom(MiB))
     store.cut_upstream_after(MiB)
@@ -357,14 +359,6 @@ def put_and_read_until_closed(
     return bytes(answer), closed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: after the store resets the connection mid-upload, the proxy (mitmproxy) "
-    "answers 502 but often never closes the client connection nor reads it again (its handler "
-    "is cancelled while waiting for the event lock, skipping writer.close()): a client still "
-    "sending its body blocks until its own timeout, and the socket stays open in the proxy. "
-    "Proposed: the error hook aborts the flow's connections",
-)
 def test_after_a_store_reset_mid_body_the_proxy_answers_and_closes_the_client_connection(
     via_store_fault, seaweedfs, store, ledger, bucket
 ):
@@ -390,8 +384,7 @@ def test_after_a_store_reset_mid_body_the_proxy_answers_and_closes_the_client_co
 def test_a_store_that_stalls_mid_body_fails_the_put_and_keeps_the_previous_version(
     via_store_fault, seaweedfs, store, ledger, bucket
 ):
-    """The store stops reading mid-body; the client's own timeout ends the request. (The proxy
-    does not let go of the store connection then: see the xfail below.)"""
+    """The store stops reading mid-body; the client's own (shorter) timeout ends the request."""
     s3 = no_retry_client(via_store_fault, seaweedfs, read_timeout=3)
     ledger.put(s3, "stall/overwrite", os.urandom(MiB))
     store.stall_upstream_after(MiB)
@@ -439,16 +432,6 @@ def test_a_store_that_stalls_mid_download_is_an_error_after_an_authentic_prefix(
     ledger.check()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: no timeout towards the store. A store that stops reading a body or never "
-    "answers holds the request until the client gives up; mid-body not even then (mitmproxy "
-    "stops reading the client while the store pushes back, so it never sees the client leave) "
-    "but for mitmproxy's tcp_timeout, 600 s, and after that the store connection stays open "
-    "(asyncio's graceful close waits to flush to a store that does not read). Proposed: "
-    "CLOUDTASER_S3PROXY_UPSTREAM_TIMEOUT as mitmproxy's tcp_timeout, and the error hook "
-    "aborting both connections",
-)
 @pytest.mark.parametrize("where", ["mid-body", "before-the-answer"])
 def test_the_proxy_gives_up_on_a_stalled_store_by_itself(
     via_store_fault, seaweedfs, store, ledger, bucket, where

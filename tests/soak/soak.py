@@ -8,8 +8,8 @@ Transit:
   many at and one byte either side of 64 KiB segment boundaries), whole GETs, ranged GETs
   (``a-b``, ``a-``, suffix ``-n``, some past the end, some unsatisfiable), HEAD,
   ListObjectsV2 under the client's prefix (one or two keys a page), multipart uploads (2-4
-  parts of at least 5 MiB but the last, parts sent out of order, one sometimes sent twice,
-  some uploads aborted), CopyObject and DeleteObject.
+  parts of at least 5 MiB but the last, parts sent out of order, one sometimes sent first
+  with other bytes and then again, some uploads aborted), CopyObject and DeleteObject.
 * Each client owns its keys (``<run>/wNN/...``), so the model of what each key holds is exact
   without locks. A write that fails leaves its key *uncertain* (old or new content); the next
   whole read settles which, and everything else checks against both.
@@ -585,13 +585,20 @@ class Worker:
         completing = False
         try:
             offsets = [sum(sizes[:i]) for i in range(len(sizes))]
-            order = list(range(len(sizes)))
-            self.rng.shuffle(order)
-            if self.rng.random() < 0.3:  # one part sent twice: the second replaces the first
-                order.append(self.rng.choice(order))
+            sends = [(i, False) for i in range(len(sizes))]
+            self.rng.shuffle(sends)
+            if self.rng.random() < 0.3:
+                # One part is first sent with other bytes (and maybe another size), then
+                # again with the right ones: the second upload replaces the first.
+                d = self.rng.randrange(len(sizes))
+                sends.insert(sends.index((d, False)), (d, True))
             etags: dict[int, str] = {}
-            for i in order:
-                body = data[offsets[i] : offsets[i] + sizes[i]]
+            for i, decoy in sends:
+                if decoy:
+                    size = self.rng.choice([sizes[i], 5 * MiB + self.rng.randrange(100 * KiB)])
+                    body = Content(self.new_seed(), size).data()
+                else:
+                    body = data[offsets[i] : offsets[i] + sizes[i]]
                 resp = self.s3.upload_part(
                     Bucket=self.bucket, Key=key, UploadId=upload, PartNumber=i + 1, Body=body
                 )

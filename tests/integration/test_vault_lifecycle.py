@@ -172,6 +172,8 @@ def test_an_outage_keeps_cached_reads_refuses_writes_and_heals_itself(
     s3 = no_retry_client(proxy, seaweedfs)
     s3.put_object(Bucket=bucket, Key="outage/read-before", Body=b"cached")
     assert s3.get_object(Bucket=bucket, Key="outage/read-before")["Body"].read() == b"cached"
+    # Written here and never read: its DEK went into the cache when it was written.
+    s3.put_object(Bucket=bucket, Key="outage/written-here", Body=b"cached at write")
     # Written by another replica: this proxy has never seen its DEK.
     no_retry_client(proxy_seaweedfs, seaweedfs).put_object(
         Bucket=bucket, Key="outage/never-read", Body=b"not cached"
@@ -189,6 +191,8 @@ def test_an_outage_keeps_cached_reads_refuses_writes_and_heals_itself(
         seaweedfs.client().head_object(Bucket=bucket, Key="outage/during")
     # The DEK of an object read before the outage is cached: it still reads.
     assert s3.get_object(Bucket=bucket, Key="outage/read-before")["Body"].read() == b"cached"
+    got = s3.get_object(Bucket=bucket, Key="outage/written-here")["Body"].read()
+    assert got == b"cached at write"
     with pytest.raises(botocore.exceptions.ClientError) as e:
         s3.get_object(Bucket=bucket, Key="outage/never-read")
     assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503

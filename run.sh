@@ -4,6 +4,7 @@
 #                     (OpenBao + SeaweedFS + the proxy on :8099, health on :8098)
 #   ./run.sh test     run the test suite (extra arguments go to pytest)
 #   ./run.sh bench    run the benchmark (bench/bench.py)
+#   ./run.sh soak     the soak run: 10 minutes, 16 clients, every byte checked (docs/soak.md)
 #   ./run.sh proxy    run only the proxy against the configured Vault and S3 (production path)
 #   ./run.sh web      the same proxy under mitmweb, for interactive debugging (UI on 127.0.0.1:8081)
 set -euo pipefail
@@ -68,6 +69,11 @@ case "$cmd" in
         ensure_venv
         exec "$venv/bin/python" bench/bench.py "$@"
         ;;
+    soak)
+        shift
+        ensure_venv
+        exec "$venv/bin/python" tests/soak/soak.py "$@"
+        ;;
     proxy)
         shift
         ensure_venv
@@ -86,7 +92,7 @@ case "$cmd" in
         exec "$venv/bin/python" -m cloudtaser_s3 devstack
         ;;
     *)
-        echo "usage: ./run.sh [test [pytest args] | bench | proxy [mitmdump args] | web [mitmweb args]]" >&2
+        echo "usage: ./run.sh [test [pytest args] | bench | soak [options] | proxy [mitmdump args] | web [mitmweb args]]" >&2
         exit 2
         ;;
 esac

@@ -228,11 +228,8 @@ def _has_body(req: http.Request) -> bool:
         return True
 
 
-_LISTED = re.compile(r"<(Contents|Version)>.*?</\1>", re.S)
-
-
 def _listed_entries(text: str) -> list[str]:
-    return [m.group(0) for m in _LISTED.finditer(text)]
+    return [text[start:end] for start, end in s3xml.entry_spans(text)]
 
 
 def _listed_key(flow: http.HTTPFlow, key: str) -> str:
@@ -1545,8 +1542,7 @@ class CloudTaser:
             return
         bucket = flow.metadata[STATE].request.bucket or ""
 
-        def entry(m: re.Match) -> str:
-            block = m.group(0)
+        def entry(block: str) -> str:
             etag = s3xml.text_of(block, "ETag")
             size_text = s3xml.text_of(block, "Size")
             if etag is None or size_text is None or not _COUNT.fullmatch(size_text):
@@ -1563,7 +1559,7 @@ class CloudTaser:
             return s3xml.replace_first(block, "Size", str(plain))
 
         text = resp.get_text(strict=False) or ""
-        resp.text = _LISTED.sub(entry, text)
+        resp.text = s3xml.map_entries(text, entry)
 
     def _rewrite_upload_response(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """Multipart responses name the store's upload id and ciphertext sizes and checksums;

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from xml.sax.saxutils import escape
 
 _CHECKSUMS = re.compile(r"<(Checksum[A-Za-z0-9]*)>[^<]*</\1>")
@@ -43,3 +43,35 @@ def map_all(text: str, tag: str, fn: Callable[[str], str]) -> str:
 def strip_checksums(text: str) -> str:
     """Checksum elements describe the other side's bytes (plaintext or ciphertext)."""
     return _CHECKSUMS.sub("", text)
+
+
+_ENTRY_OPEN = re.compile(r"<(Contents|Version)>")
+
+
+def entry_spans(text: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of every complete ``<Contents>`` or ``<Version>`` element of a listing, in
+    order: what ``<(Contents|Version)>.*?</\\1>`` finds, in linear time (that regex rescans to the
+    end of the text from every unclosed opening tag: a store could stall the proxy with one)."""
+    closing: dict[str, int] = {}  # the next closing tag found, per name; -1: none left
+    done = 0
+    for m in _ENTRY_OPEN.finditer(text):
+        if m.start() < done:
+            continue  # inside the entry just found
+        tag = m.group(1)
+        close = closing.get(tag)
+        if close is None or (close != -1 and close < m.end()):
+            close = closing[tag] = text.find(f"</{tag}>", m.end())
+        if close == -1:
+            continue
+        done = close + len(tag) + 3
+        yield m.start(), done
+
+
+def map_entries(text: str, fn: Callable[[str], str]) -> str:
+    """Every listing entry (``entry_spans``) passed through ``fn``; the rest kept as it is."""
+    pieces, last = [], 0
+    for start, end in entry_spans(text):
+        pieces += (text[last:start], fn(text[start:end]))
+        last = end
+    pieces.append(text[last:])
+    return "".join(pieces)

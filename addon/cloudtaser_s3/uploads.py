@@ -59,7 +59,12 @@ def _b64(raw: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strict: only the one text _b64 writes (the decoder alone ignores the unused low bits of
+    the last character, so four strings would decode to the same bytes)."""
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(raw) != text:
+        raise ValueError("not the canonical encoding")
+    return raw
 
 
 def decode(upload_id: str) -> UploadToken | None:
@@ -71,7 +76,7 @@ def decode(upload_id: str) -> UploadToken | None:
         fields = json.loads(_unb64(body))
         salt = base64.b64decode(fields["s"], validate=True)
         token = UploadToken(str(fields["u"]), str(fields["d"]), str(fields["k"]), salt, _unb64(mac))
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # json.loads of "[[[[..."
         return None
     if len(token.salt) != SALT_LEN or not token.upstream_id:
         return None

@@ -130,12 +130,8 @@ _PRESIGN_PARAMS = {
     "signature",
     "expires",
 }
-_CLIENT_AUTH_HEADERS = (
-    "authorization",
-    "x-amz-date",
-    "x-amz-security-token",
-    "x-amz-content-sha256",
-)
+# The client's authentication headers: dropped before forwarding, replaced by resign()'s.
+_CLIENT_AUTH_FIELDS = frozenset(name.lower().encode() for name in sigv4.RESIGN_HEADERS)
 # Response headers that describe the stored ciphertext, not the object the client sees.
 _CIPHERTEXT_RESPONSE_HEADERS = (
     "content-md5",
@@ -764,8 +760,11 @@ class CloudTaser:
         }
 
     def _set_metadata(self, req: http.Request, data_key: DataKey, salt: bytes) -> None:
-        for name, value in self._metadata(data_key, salt).items():
-            req.headers[name] = value
+        # A client's x-amz-meta-cloudtaser-* were dropped in _prepare_request: append them.
+        req.headers.fields += tuple(
+            (name.encode(), value.encode())
+            for name, value in self._metadata(data_key, salt).items()
+        )
 
     def _seal_body(
         self,
@@ -1037,8 +1036,10 @@ class CloudTaser:
     ) -> None:
         assert self.settings is not None and self.identities is not None
         req = flow.request
-        for name in _CLIENT_AUTH_HEADERS:
-            req.headers.pop(name, None)
+        # One pass over the raw fields: each Headers.pop() or [name]= is a scan of its own.
+        req.headers.fields = tuple(
+            f for f in req.headers.fields if f[0].lower() not in _CLIENT_AUTH_FIELDS
+        )
         req.host_header = mitm_url.hostport(req.scheme, req.host, req.port)
         if self.identities.refresh_needed():
             creds = await asyncio.to_thread(self.identities.upstream_credentials, state.access_key)
@@ -1052,8 +1053,8 @@ class CloudTaser:
             self.settings.s3_region,
             payload_hash,
         )
-        for name, value in signed.items():
-            req.headers[name] = value
+        # Every name resign() returns was just removed: append, do not look up.
+        req.headers.fields += tuple((k.encode(), v.encode()) for k, v in signed.items())
 
     async def request(self, flow: http.HTTPFlow) -> None:
         """Requests whose body ended with the headers never reach the stream callable."""

@@ -83,8 +83,18 @@ def keyed(rig: Rig, operator_policy_hcl: Callable[[str, str], str]) -> Keyed:
 
 
 def proxy_client(rig: Rig, k: Keyed, **env: str) -> Any:
-    """A client of a new proxy that wraps with the test's key (``env`` overrides its settings)."""
-    env = {"CLOUDTASER_S3PROXY_TRANSIT_KEY": k.key, "VAULT_TOKEN": k.proxy_token, **env}
+    """A client of a new proxy that wraps with the test's key (``env`` overrides its settings).
+
+    No DEK pool and no DEK cache: the operator tools' tests rotate keys and raise
+    min_decryption_version, and expect the next write to use, and the next read to meet, the
+    key as Vault has it now (the caches' own bounds are tested in test_vault_lifecycle.py)."""
+    env = {
+        "CLOUDTASER_S3PROXY_TRANSIT_KEY": k.key,
+        "VAULT_TOKEN": k.proxy_token,
+        "CLOUDTASER_S3PROXY_DEK_POOL_SIZE": "0",
+        "CLOUDTASER_S3PROXY_DEK_CACHE_SIZE": "0",
+        **env,
+    }
     proxy = rig.make_proxy(rig.backend, **env)
     return proxy.client(rig.backend.access_key, rig.backend.secret_key)
 

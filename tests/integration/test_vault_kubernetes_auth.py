@@ -250,6 +250,8 @@ def test_the_proxy_logs_in_again_and_fails_closed_once_the_jwt_is_revoked(
     configure_kubernetes_auth(openbao, k8s, MOUNT)
     token = k8s.issue(*BOUND_SA)
     env = kubernetes_env(moto_s3, openbao, jwt_file(tmp_path / "sa", token), MOUNT)
+    # Every PUT and GET asks Vault (no DEK pool, no DEK cache): what a revocation does to them.
+    env |= {"CLOUDTASER_S3PROXY_DEK_POOL_SIZE": "0", "CLOUDTASER_S3PROXY_DEK_CACHE_SIZE": "0"}
     root = openbao.client()
     with ls.start_proxy(env, tmp_path / "proxy", wait_for="healthz") as proxy:
         status, reason = wait_ready(proxy)
@@ -280,7 +282,7 @@ def test_the_proxy_logs_in_again_and_fails_closed_once_the_jwt_is_revoked(
             "ServiceUnavailable",
             503,
         )
-        # ``second`` was never read, so its data key is not in the proxy's DEK cache.
+        # No DEK cache: reading ``second`` needs Vault too.
         assert refused(lambda: s3.get_object(Bucket=bucket, Key=second)) == (
             "ServiceUnavailable",
             503,

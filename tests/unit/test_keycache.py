@@ -33,10 +33,14 @@ def test_a_cached_key_is_handed_out_until_its_absolute_ttl(clock):
 
 def test_expired_and_evicted_keys_are_zeroed_in_place(clock):
     cache = DekCache(max_entries=2, ttl=300)
-    for name in ("a", "b", "c"):
+    cache.put("k", "vault:v1:a", b"a" * 32)
+    evicted = cache._items[("k", "vault:v1:a")][0]
+    for name in ("b", "c"):
         cache.put("k", f"vault:v1:{name}", name.encode() * 32)
     buffers = {wrapped: buf for (_, wrapped), (buf, _) in cache._items.items()}
     assert set(buffers) == {"vault:v1:b", "vault:v1:c"}  # "a", the oldest, was evicted
+    assert evicted == bytearray(32)  # ... and zeroed
+    assert buffers["vault:v1:b"] == bytearray(b"b" * 32)  # the live ones are intact
     clock[0] += 301
     cache.sweep()
     assert len(cache) == 0

@@ -37,6 +37,7 @@ from . import (
     etags,
     headlimit,
     metrics,
+    mitmaddons,
     ranges,
     requestlog,
     s3xml,
@@ -110,6 +111,15 @@ _FORBIDDEN_OPTIONS = {
     "modify_headers": "it rewrites headers the proxy has set or checked",
     "server_replay": "it answers with recorded responses",
     "client_replay": "it sends recorded requests",
+    "anticache": "it strips the conditional headers clients send (If-None-Match and others)",
+    "anticomp": "it rewrites request headers after the proxy checked them",
+    "stickyauth": "it adds credentials from other requests",
+    "stickycookie": "it adds cookies from other requests",
+    "block_list": "it answers requests past the proxy's checks",
+    "proxyauth": "clients authenticate with SigV4, in the Authorization header it would take",
+    "upstream_auth": "it replaces the proxy's signature towards the store",
+    "save_stream_file": "it writes every request's headers, credentials included, to disk",
+    "hardump": "it writes every request's headers, credentials included, to disk",
 }
 # mitmproxy options that must stay on (their default).
 _REQUIRED_OPTIONS = {
@@ -369,6 +379,11 @@ class CloudTaser:
             ctx.master.shutdown()
             return
         await self.refusals.start()
+        # Their features are refused above; each would still cost every request a few
+        # microseconds per event (mitmaddons.py).
+        removed = await mitmaddons.remove_unused(ctx.master.addons)
+        log.debug("cloudtaser: mitmproxy addons not run: %s", ", ".join(removed) or "none")
+        mitmaddons.stop_legacy_log_events(ctx.master)
         transit = self.transit
         self._loop = asyncio.get_running_loop()
         for warning in config.cleartext_warnings(self.settings):

@@ -81,6 +81,25 @@ def test_options_that_would_bypass_the_encryption_are_refused(tmp_path, option):
     assert f"mitmproxy option {option.split('=')[0]}: must stay unset" in out
 
 
+@pytest.mark.parametrize(
+    "option",
+    [
+        "anticache=true",  # would strip If-None-Match and the other conditional headers
+        "proxyauth=user:pass",  # would take the Authorization header SigV4 uses
+        "upstream_auth=user:pass",  # would replace the proxy's signature towards the store
+        "hardump=flows.har",  # would write request headers, credentials included, to disk
+    ],
+)
+def test_mitmproxy_features_the_proxy_does_not_run_are_refused(tmp_path, option):
+    """Their addons are taken out of mitmproxy's chain (mitmaddons.py): setting one would
+    otherwise do nothing without saying so."""
+    done = run([MITMDUMP, "-s", str(SCRIPT), "--set", option], BASE, tmp_path)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert f"mitmproxy option {option.split('=')[0]}: must stay unset" in out
+    assert "Traceback" not in out
+
+
 def test_mitmdump_by_hand_takes_its_mode_when_s3_endpoint_is_unset(
     openbao, openbao_token, moto_s3, tmp_path
 ):

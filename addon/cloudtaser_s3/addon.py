@@ -612,8 +612,9 @@ class CloudTaser:
                 raise
             state.access_key = verified.access_key
 
+        present = {name.lower() for name, _ in req.headers.fields}  # each lookup is a scan
         for name in etags.CONDITION_HEADERS:
-            if name in req.headers:
+            if name.encode() in present:
                 req.headers[name] = etags.list_to_store(req.headers[name])
         # The proxy's own metadata is never taken from a client.
         prefix = envelope.META_PREFIX.encode()
@@ -674,7 +675,7 @@ class CloudTaser:
 
         # A presigned request goes upstream signed in headers: its query authentication (checked
         # above, or not looked at on a sidecar that verifies nothing) is not forwarded.
-        if any(k.lower() in _PRESIGN_PARAMS for k in req.query):
+        if raw_query and any(k.lower() in _PRESIGN_PARAMS for k in req.query):
             req.query = [
                 (k, v) for k, v in req.query.items(multi=True) if k.lower() not in _PRESIGN_PARAMS
             ]

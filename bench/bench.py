@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cpu_breakdown as cpu  # bench/cpu_breakdown.py, beside this script
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from cloudtaser_s3 import localservers as ls
@@ -82,6 +83,8 @@ DEFAULTS: dict[str, Any] = {
     "client_cycles": 10,
     "scan_cycles": 64,
     "scan_reads": 8,
+    "profile_cycles": 300,
+    "profile_big": 3,
     "memory_size": GiB,
 }
 QUICK: dict[str, Any] = {
@@ -93,6 +96,8 @@ QUICK: dict[str, Any] = {
     "client_cycles": 4,
     "scan_cycles": 24,
     "scan_reads": 4,
+    "profile_cycles": 50,
+    "profile_big": 1,
     "memory_size": 256 * MiB,
 }
 
@@ -1542,6 +1547,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="big GETs per scan level and target, at least 1 per client (default 8)",
     )
     ap.add_argument(
+        "--profile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="profile both proxies with py-spy after the main run (default on)",
+    )
+    ap.add_argument(
+        "--profile-cycles",
+        type=int,
+        help="small PUT+GET cycles of the profile, per target (default 300, quick 50)",
+    )
+    ap.add_argument(
+        "--profile-big",
+        type=int,
+        help="PUTs and GETs of the big object in the profile, per target (default 3, quick 1)",
+    )
+    ap.add_argument(
         "--memory",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -1581,6 +1602,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "client_cycles",
         "scan_cycles",
         "scan_reads",
+        "profile_cycles",
+        "profile_big",
     )
     if any(getattr(args, n) < 1 for n in counts):
         ap.error(
@@ -1670,6 +1693,8 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], bool]:
                 print_scan(args, report["scan"])
             pool.terminate()
             print_scaling(args, {**report["main"], **report})
+            if args.profile:
+                profile_part(state, args, report)
             if not args.memory:
                 return report, True
             return memory_part(stack, args, report)
@@ -1679,6 +1704,86 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], bool]:
         if pool is not None:
             pool.terminate()
             pool.join()
+
+
+PROFILE_WORKLOADS = (
+    ("small", "PUT+GET of a small object", "request"),
+    ("put_big", "PUT of the big object", "MiB"),
+    ("get_big", "GET of the big object", "MiB"),
+)
+
+
+def profile_run(run: Run) -> dict[str, Any]:
+    """py-spy on plain mitmproxy and on the proxy in turn, one workload at a time: where each
+    spends its CPU per request or per MiB (bench/cpu_breakdown.py). Not timed against anything;
+    the sampling costs the proxy a little CPU of its own."""
+    a, c, res = run.args, run.clients, run.res
+    small = [os.urandom(a.small_size) for _ in range(a.profile_cycles)]
+    big = os.urandom(a.big_size)
+    digest = hashlib.sha256(big).digest()
+    out: dict[str, Any] = {}
+    for target in PROXIES:
+        pid = run.pids[target]
+        c[target].put_object(Bucket=BUCKET, Key=f"{target}/profile-big", Body=big)
+        for name, _, unit in PROFILE_WORKLOADS:
+            with cpu.Recording(pid, run.stack.workdir / f"profile-{target}-{name}.txt") as rec:
+                cpu0 = proc_cpu_seconds(pid)
+                if name == "small":
+                    for i, body in enumerate(small):
+                        timed_put(c[target], f"{target}/profile-{i}", body, res, target)
+                        timed_get(c[target], f"{target}/profile-{i}", body, res, target)
+                    units = 2.0 * len(small)
+                else:
+                    for _ in range(a.profile_big):
+                        if name == "put_big":
+                            timed_put(c[target], f"{target}/profile-big", big, res, target)
+                        else:
+                            timed_get(
+                                c[target], f"{target}/profile-big", big, res, target, sha256=digest
+                            )
+                    units = a.profile_big * a.big_size / MiB
+                used = proc_cpu_seconds(pid) - cpu0
+            out.setdefault(name, {})[target] = {
+                "unit": unit,
+                "cpu_ms": 1e3 * used / units,
+                "samples": dict(rec.samples),
+                "ms": cpu.per_unit_ms(rec.samples, used, units),
+            }
+    return out
+
+
+def print_profile(args: argparse.Namespace, prof: dict[str, Any]) -> None:
+    """One table per workload: CPU ms per unit by part of the code, M and P side by side."""
+    sizes = {"small": fmt_size(args.small_size), "put_big": fmt_size(args.big_size)}
+    sizes["get_big"] = sizes["put_big"]
+    for name, what, unit in PROFILE_WORKLOADS:
+        m, p = prof[name]["mitmproxy"], prof[name]["proxy"]
+        print(
+            f"\n  {what} ({sizes[name]}), CPU ms per {unit}: plain mitmproxy "
+            f"{m['cpu_ms']:.2f}, proxy {p['cpu_ms']:.2f} ({sum(p['samples'].values())} samples)"
+        )
+        print(f"    {'part of the code':52s} {'M':>7s} {'P':>7s} {'P-M':>7s}")
+        for label in cpu.LABELS:
+            mv, pv = m["ms"].get(label, 0.0), p["ms"].get(label, 0.0)
+            if max(mv, pv) < 0.005:
+                continue
+            print(f"    {label:52s} {mv:7.2f} {pv:7.2f} {pv - mv:+7.2f}")
+
+
+def profile_part(run: Run, args: argparse.Namespace, report: dict[str, Any]) -> None:
+    """The profile phase, skipped with a note when py-spy cannot attach."""
+    print(
+        f"\nWhere the CPU goes (py-spy --nonblocking at {cpu.RATE}/s; {args.profile_cycles} "
+        f"small PUT+GET, {args.profile_big} PUTs and GETs of {fmt_size(args.big_size)} per target)"
+    )
+    try:
+        with guard(run.stack, run.stack.proxies[0]):
+            report["profile"] = profile_run(run)
+    except cpu.ProfileUnavailable as e:
+        print(f"  skipped: {e}")
+        report["profile"] = {"skipped": str(e)}
+        return
+    print_profile(args, report["profile"])
 
 
 def memory_part(

@@ -139,20 +139,24 @@ class PartSealer:
         self.header = pack_header(part_number, plaintext_length)
         self.plaintext_length = plaintext_length
         self.sealed_length = sealed_part_length(plaintext_length)
-        self._buf = bytearray()
+        self._seg = bytearray(SEGMENT_PLAIN)  # the segment being filled
+        self._fill = 0
         self._index = 0
         self._seen = 0
         self._started = False
         self._finished = False
         self._random = random_bytes  # a seam for golden vectors; os.urandom in production
 
-    def _seal(self, chunk: bytes) -> bytes:
+    def _seal(self, chunk: bytes | memoryview, out: list[bytes]) -> None:
+        """Append the next segment (nonce, then ciphertext and tag) to ``out``: the caller
+        joins once, rather than each segment being copied into a nonce + ciphertext first."""
         nonce = self._random(NONCE_LEN)
         if len(nonce) != NONCE_LEN:
             raise ValueError("nonce source returned the wrong length")
         aad = segment_aad(self.header, self._salt, self._index, self._key)
         self._index += 1
-        return nonce + self._aead.encrypt(nonce, chunk, aad)
+        out.append(nonce)
+        out.append(self._aead.encrypt(nonce, chunk, aad))
 
     def feed(self, data: bytes) -> bytes:
         """Sealed bytes ready to send for this plaintext (whole segments only)."""
@@ -163,19 +167,21 @@ class PartSealer:
         if not self._started:
             self._started = True
             out.append(self.header)
-        if self._buf:
-            self._buf += data
-            view = memoryview(self._buf)
-        else:
-            view = memoryview(data)
-        pos = 0
-        # Keep the last (possibly full) segment back until finish: the part may end right there.
-        while len(view) - pos > SEGMENT_PLAIN:
-            out.append(self._seal(view[pos : pos + SEGMENT_PLAIN]))
-            pos += SEGMENT_PLAIN
-        rest = bytes(view[pos:])
-        view.release()
-        self._buf = bytearray(rest)
+        # The plaintext is copied once, into one reused segment buffer; a full segment is
+        # sealed only when more data follows it: the part may end right there, and the last
+        # segment is kept back until finish.
+        seg, fill = self._seg, self._fill
+        with memoryview(data) as view:
+            pos, end = 0, len(view)
+            while pos < end:
+                if fill == SEGMENT_PLAIN:
+                    self._seal(seg, out)
+                    fill = 0
+                take = min(SEGMENT_PLAIN - fill, end - pos)
+                seg[fill : fill + take] = view[pos : pos + take]
+                fill += take
+                pos += take
+        self._fill = fill
         return b"".join(out)
 
     def finish(self) -> bytes:
@@ -187,8 +193,8 @@ class PartSealer:
         out = [] if self._started else [self.header]
         self._started = True
         self._finished = True
-        out.append(self._seal(bytes(self._buf)))
-        self._buf = bytearray()
+        self._seal(bytes(self._seg[: self._fill]), out)
+        self._seg = bytearray()
         return b"".join(out)
 
 
@@ -222,7 +228,7 @@ class BodyOpener:
         self.parts_seen = 0
         self.plaintext_seen = 0
 
-    def _open_segment(self, raw: bytes) -> bytes:
+    def _open_segment(self, raw: memoryview) -> bytes:
         assert self._header is not None
         nonce, ct = raw[:NONCE_LEN], raw[NONCE_LEN:]
         aad = segment_aad(self._header, self._salt, self._index, self._key)
@@ -244,9 +250,19 @@ class BodyOpener:
 
     def feed(self, data: bytes) -> bytes:
         self._buf += data
-        out = []
+        out: list[bytes] = []
         pos = 0
         buf = self._buf
+        with memoryview(buf) as view:  # segments go to decrypt() as views, not copies
+            pos = self._open_available(view, out)
+        del buf[:pos]
+        plain = b"".join(out)
+        self.plaintext_seen += len(plain)
+        return plain
+
+    def _open_available(self, buf: memoryview, out: list[bytes]) -> int:
+        """Open every whole header and segment in ``buf``; how many bytes were used."""
+        pos = 0
         while True:
             if self._header is None:
                 if len(buf) - pos < HEADER_LEN:
@@ -269,12 +285,9 @@ class BodyOpener:
             need = self._next_segment_stored()
             if len(buf) - pos < need:
                 break
-            out.append(self._open_segment(bytes(buf[pos : pos + need])))
+            out.append(self._open_segment(buf[pos : pos + need]))
             pos += need
-        del buf[:pos]
-        plain = b"".join(out)
-        self.plaintext_seen += len(plain)
-        return plain
+        return pos
 
     def finish(self) -> None:
         if self._header is not None or self._buf:
@@ -374,10 +387,13 @@ class SegmentRunOpener:
             need = self._stored_size()
             if len(self._buf) - pos < need:
                 break
-            raw = bytes(self._buf[pos : pos + need])
             aad = segment_aad(self._header, self._salt, self._index, self._key)
             try:
-                out.append(self._aead.decrypt(raw[:NONCE_LEN], raw[NONCE_LEN:], aad))
+                with memoryview(self._buf) as view:  # decrypt() reads the views, no copies
+                    plain = self._aead.decrypt(
+                        view[pos : pos + NONCE_LEN], view[pos + NONCE_LEN : pos + need], aad
+                    )
+                out.append(plain)
             except InvalidTag:
                 raise FormatError(f"segment {self._index} failed authentication") from None
             pos += need

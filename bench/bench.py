@@ -10,8 +10,10 @@ with PASS/MISS against the targets of issue 6, the CPU both proxies used per MiB
 (``/proc/<pid>/stat``), and their peak RSS (VmHWM).
 
 A concurrency scan (1, 4, 16 clients: 4 KiB PUT+GET and 64 MiB GET) gives the scaling figures;
-the memory run streams a generated object (1 GiB by default, ``--memory-size 5GiB`` for the
-issue's figure) through a fresh proxy and back, sampling its RSS; the target is under 150 MiB.
+the profile phase (py-spy, bench/cpu_breakdown.py) shows where each proxy's CPU goes per
+request and per MiB, by part of the code, which explains the ratios; the memory run streams a
+generated object (1 GiB by default, ``--memory-size 5GiB`` for the issue's figure) through a
+fresh proxy and back, sampling its RSS; the target is under 150 MiB.
 
 Exit codes: 0 fine (a MISS is printed, not fatal); 1 the memory run exceeded the RSS target;
 2 a read mismatched, a request failed or a server died; 130 interrupted.

@@ -6,8 +6,10 @@ about ten chain passes (requestheaders, request, responseheaders, response, each
 when it has no hook for the event, so the chain alone cost about 0.8 ms of CPU per request,
 more than SigV4 verification and re-signing together. The addons below implement features that
 are off and refused here (their options are in ``addon._FORBIDDEN_OPTIONS``) or that only act
-on DNS flows, which a reverse HTTP(S) proxy never has; without them a request's chain passes
-cost about half. Commands stay registered, so mitmweb's UI keeps working.
+on DNS flows, which a reverse HTTP(S) proxy never has, or that only offer commands (export,
+cut, comment, browser, command history): mitmproxy's command manager keeps every command it
+collected, so those still work from mitmweb's UI. Without them a request's chain passes cost
+about half.
 
 The same goes for log lines: mitmproxy turns every log record into a deprecated ``add_log``
 event for the whole chain (``log.LegacyLogEvents``, a wake-up of the event loop and one more
@@ -28,8 +30,13 @@ UNUSED = frozenset(
         "AntiCache",  # anticache
         "AntiComp",  # anticomp
         "BlockList",  # block_list
+        "Browser",  # commands only
         "ClientPlayback",  # client_replay
+        "CommandHistory",  # commands only
+        "Comment",  # commands only
+        "Cut",  # commands only
         "DnsResolver",  # DNS flows only
+        "Export",  # commands only
         "MapLocal",  # map_local
         "MapRemote",  # map_remote
         "ModifyBody",  # modify_body

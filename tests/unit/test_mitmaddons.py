@@ -32,6 +32,8 @@ SWITCHED_ON_BY = {
     "UpstreamAuth": "upstream_auth",
 }
 NOTHING_TO_DO_IN_REVERSE_MODE = {"DnsResolver", "StripDnsHttpsRecords", "Onboarding"}
+# Their commands stay with mitmproxy's command manager; the addons only cost chain passes.
+COMMANDS_ONLY = {"Browser", "CommandHistory", "Comment", "Cut", "Export"}
 # What the proxy needs from mitmproxy besides its own addon.
 NEEDED = {
     "Block",
@@ -60,7 +62,7 @@ def chain_after_removal() -> tuple[list[str], list[str], list[str]]:
 
 
 def test_every_removed_addon_is_switched_off_by_a_refused_option_or_has_nothing_to_do():
-    assert set(SWITCHED_ON_BY) | NOTHING_TO_DO_IN_REVERSE_MODE == mitmaddons.UNUSED
+    assert set(SWITCHED_ON_BY) | NOTHING_TO_DO_IN_REVERSE_MODE | COMMANDS_ONLY == mitmaddons.UNUSED
     for addon, option in SWITCHED_ON_BY.items():
         assert option in _FORBIDDEN_OPTIONS, f"{addon} could be switched on with {option}"
 
@@ -101,3 +103,12 @@ def test_log_lines_stop_becoming_add_log_events_unless_an_addon_listens():
 
     assert asyncio.run(run(listener=False)) == (True, False)
     assert asyncio.run(run(listener=True)) == (False, True)
+
+
+def test_commands_of_removed_addons_still_work():
+    async def run() -> object:
+        master = DumpMaster(options.Options(), with_termlog=False)
+        await mitmaddons.remove_unused(master.addons)
+        return master.commands.call("export.formats")
+
+    assert "curl" in asyncio.run(run())

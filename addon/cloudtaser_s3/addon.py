@@ -379,8 +379,8 @@ class CloudTaser:
             ctx.master.shutdown()
             return
         await self.refusals.start()
-        # Their features are refused above; each would still cost every request a few
-        # microseconds per event (mitmaddons.py).
+        # mitmproxy's addons with nothing to do here (mitmaddons.py): each would still cost
+        # every request a few microseconds per event.
         removed = await mitmaddons.remove_unused(ctx.master.addons)
         log.debug("cloudtaser: mitmproxy addons not run: %s", ", ".join(removed) or "none")
         mitmaddons.stop_legacy_log_events(ctx.master)

@@ -251,7 +251,6 @@ class BodyOpener:
     def feed(self, data: bytes) -> bytes:
         self._buf += data
         out: list[bytes] = []
-        pos = 0
         buf = self._buf
         with memoryview(buf) as view:  # segments go to decrypt() as views, not copies
             pos = self._open_available(view, out)

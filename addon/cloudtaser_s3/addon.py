@@ -382,7 +382,7 @@ class CloudTaser:
         # mitmproxy's addons with nothing to do here (mitmaddons.py): each would still cost
         # every request a few microseconds per event.
         removed = await mitmaddons.remove_unused(ctx.master.addons)
-        log.debug("cloudtaser: mitmproxy addons not run: %s", ", ".join(removed) or "none")
+        log.info("cloudtaser: mitmproxy addons not run here: %s", ", ".join(removed) or "none")
         mitmaddons.stop_legacy_log_events(ctx.master)
         transit = self.transit
         self._loop = asyncio.get_running_loop()

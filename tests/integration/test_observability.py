@@ -13,6 +13,8 @@ import pytest
 from conftest import no_retry_client
 from prometheus_client.parser import text_string_to_metric_families
 
+from cloudtaser_s3 import mitmaddons
+
 SECRET_KEY_NAME = "customers/jane-doe/passport.pdf"
 # Without the DEK pool and cache every PUT and GET makes its own Vault call: exact counts.
 EVERY_REQUEST_ASKS_VAULT = {
@@ -84,6 +86,18 @@ def test_one_log_line_per_request_without_keys_or_secrets(proxy_factory, seaweed
     )
     assert "jane-doe" not in log
     assert "vault:v" not in log and "X-Amz-Signature" not in log
+
+
+def test_the_proxy_runs_without_mitmproxys_unused_addons(proxy_factory, seaweedfs, bucket):
+    """The addons with nothing to do here leave mitmproxy's chain when the proxy starts
+    (mitmaddons.py), and request lines still reach the log without mitmproxy's add_log
+    events."""
+    proxy = proxy_factory(seaweedfs)
+    exercise(proxy, seaweedfs, bucket)
+    log = proxy.log_tail(400)
+    [line] = [ln for ln in log.splitlines() if "mitmproxy addons not run here:" in ln]
+    assert set(line.split("not run here: ", 1)[1].split(", ")) == mitmaddons.UNUSED
+    assert any("PutObject bucket=" in ln for ln in log.splitlines())
 
 
 def test_json_logs_are_one_object_per_line(proxy_factory, seaweedfs, bucket):
